@@ -1,0 +1,145 @@
+"""`rpo`: run one stage for one subject, the whole pipeline, manage subjects, write the report."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from rpo import params as P
+
+log = logging.getLogger("rpo")
+
+
+def _load_params(args) -> dict:
+    overrides = dict(P.parse_override(o) for o in args.set or [])
+    return P.load(args.params, overrides)
+
+
+def cmd_stage(args) -> None:
+    from rpo import stages
+
+    params = _load_params(args)
+    ctx = stages.context(Path.cwd(), params, args.subject)
+    stages.STAGE_FUNCTIONS[args.name](ctx)
+
+
+def cmd_run(args) -> None:
+    """All stages for one subject, in order, without DVC (use `dvc repro` to get caching)."""
+    from rpo import stages
+
+    params = _load_params(args)
+    ctx = stages.context(Path.cwd(), params, args.subject)
+    for name in stages.STAGES:
+        log.info("== stage %s for %s ==", name, args.subject)
+        stages.STAGE_FUNCTIONS[name](ctx)
+
+
+def cmd_report(args) -> None:
+    from rpo.report import report
+
+    print(report(Path.cwd(), _load_params(args)))
+
+
+def cmd_check(args) -> None:
+    """Validate params.yaml and every listed subject folder, loading no model."""
+    from rpo.subjects import load_subject
+
+    params = _load_params(args)
+    for name in params["subjects"]:
+        s = load_subject(Path(params["paths"]["subjects"]), name, params["model"]["resolution"])
+        print(f"{name}: {len(s.images)} images, class noun {s.class_noun!r}, {'live' if s.live else 'object'}")
+
+
+def cmd_subjects_add(args) -> None:
+    from rpo.subjects import add_subject
+
+    params = P.load(args.params)
+    s = add_subject(Path(params["paths"]["subjects"]), args.name, Path(args.images), args.class_noun, args.live,
+                    params["model"]["resolution"], args.overwrite)
+    print(f"added {s.name}: {len(s.images)} images in {s.folder}; add it to `subjects` in {args.params} to run it")
+
+
+def cmd_subjects_list(args) -> None:
+    from rpo.subjects import load_subject
+
+    params = P.load(args.params)
+    root = Path(params["paths"]["subjects"])
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        s = load_subject(root, folder.name, check_images=False)
+        mark = "*" if s.name in params["subjects"] else " "
+        print(f"{mark} {s.name:24s} {s.class_noun:16s} {'live' if s.live else 'object':6s} {len(s.images)} images")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from rpo.stages import STAGES
+
+    parser = argparse.ArgumentParser(prog="rpo", description=__doc__)
+    parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a parameter, e.g. train.max_steps=10")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("stage", help="run one stage for one subject")
+    p.add_argument("name", choices=STAGES)
+    p.add_argument("--subject", required=True)
+    p.set_defaults(func=cmd_stage)
+
+    p = sub.add_parser("run", help="run every stage for one subject (no DVC caching)")
+    p.add_argument("--subject", required=True)
+    p.set_defaults(func=cmd_run)
+
+    sub.add_parser("report", help="summary table over all subjects in params.yaml").set_defaults(func=cmd_report)
+    sub.add_parser("check", help="validate params.yaml and the subjects, without loading models").set_defaults(func=cmd_check)
+
+    subjects = sub.add_parser("subjects", help="manage subjects").add_subparsers(dest="subcommand", required=True)
+    p = subjects.add_parser("add", help="validate photos and copy them into data/subjects/NAME")
+    p.add_argument("name")
+    p.add_argument("--images", required=True, help="folder with 3 to 6 photos of the subject")
+    p.add_argument("--class-noun", required=True, help="what the subject is: dog, backpack, toy, ...")
+    p.add_argument("--live", action="store_true", help="a live subject (pet): uses the live prompt lists")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_subjects_add)
+    subjects.add_parser("list", help="list subject folders (* = in params.yaml)").set_defaults(func=cmd_subjects_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from rpo.artifacts import ArtifactError
+    from rpo.images import ImageError
+    from rpo.subjects import SubjectError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    _quiet_libraries()
+    try:
+        args.func(args)
+    except (P.ParamsError, SubjectError, ImageError, ArtifactError) as e:
+        print(f"rpo: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """Library progress bars and load reports drown the stage's own progress; keep warnings."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for name in ("transformers", "diffusers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        from diffusers.utils import logging as dl
+        from transformers.utils import logging as tl
+
+        tl.disable_progress_bar()
+        dl.disable_progress_bar()
+        tl.set_verbosity_error()
+        dl.set_verbosity_error()
+    except ImportError:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

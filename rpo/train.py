@@ -1,0 +1,214 @@
+"""RPO fine-tuning: the data a run needs, one loss step, and the loop (short enough to read at once)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from rpo.loss import per_sample_error, rpo_loss
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PairData:
+    """Everything the loop samples from, encoded once before the first step.
+
+    Pair i is (reference ref_index[i], prior image gen_index[i], training prompt prompt_index[i]);
+    labels[d, i] is the d-th seeded Bradley-Terry draw for pair i, p[i] its probability.
+    """
+
+    ref_latents: torch.Tensor  # (n_ref, C, h, w)
+    gen_latents: torch.Tensor  # (n_gen, C, h, w)
+    inst_embeds: torch.Tensor  # (1, L, D): c_inst
+    prompt_embeds: torch.Tensor  # (n_prompts, L, D)
+    ref_index: np.ndarray
+    gen_index: np.ndarray
+    prompt_index: np.ndarray
+    p: np.ndarray
+    labels: np.ndarray  # (draws, n_pairs)
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.ref_index)
+
+    def batch_indices(self, step: int, batch_size: int, seed: int) -> tuple[np.ndarray, int]:
+        """Pairs of a 0-based step: a seeded permutation per epoch, label draw = epoch mod draws."""
+        steps_per_epoch = math.ceil(self.n_pairs / batch_size)
+        epoch, k = divmod(step, steps_per_epoch)
+        order = np.random.default_rng([seed, epoch]).permutation(self.n_pairs)
+        return order[k * batch_size : (k + 1) * batch_size], epoch % self.labels.shape[0]
+
+    def batch(self, idx: np.ndarray, draw: int, device) -> dict:
+        return {
+            "z_ref": self.ref_latents[self.ref_index[idx]].to(device),
+            "z_gen": self.gen_latents[self.gen_index[idx]].to(device),
+            "c_inst": self.inst_embeds.expand(len(idx), -1, -1).to(device),
+            "c_pair": self.prompt_embeds[self.prompt_index[idx]].to(device),
+            "y": torch.as_tensor(self.labels[draw, idx], dtype=torch.float32, device=device),
+            "p": torch.as_tensor(self.p[idx], dtype=torch.float32),
+        }
+
+
+@torch.no_grad()
+def encode_images(vae, images, device, batch_size: int = 16) -> torch.Tensor:
+    """VAE latents (mean of the posterior, scaled): deterministic, unlike a sample."""
+    from torchvision.transforms.functional import pil_to_tensor
+
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = torch.stack([pil_to_tensor(im) for im in images[i : i + batch_size]]).float() / 127.5 - 1.0
+        out.append(vae.encode(x.to(device, vae.dtype)).latent_dist.mean * vae.config.scaling_factor)
+    return torch.cat(out).float().cpu()
+
+
+@torch.no_grad()
+def encode_prompts(pipe, prompts: list[str], device) -> torch.Tensor:
+    embeds, _ = pipe.encode_prompt(prompts, device, 1, do_classifier_free_guidance=False)
+    return embeds.float().cpu()
+
+
+def diffusion_target(scheduler, z, noise, t):
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(z, noise, t)
+    raise ValueError(f"unsupported prediction_type {kind!r} (epsilon or v_prediction)")
+
+
+def rpo_step_losses(unet, ref_unet, scheduler, batch: dict, *, beta: float, share_noise: bool, ref_prompt: str,
+                    generator: torch.Generator, autocast=nullcontext) -> dict:
+    """The loss terms of one batch of pairs (DESIGN.md section 1).
+
+    One forward of the trainable U-Net over [x_ref; x_gen]. Official behaviour (defaults):
+    independent noise and t for the two halves, x_ref conditioned on c_inst inside Delta, so
+    that forward also gives L_sim. ref_prompt="pair" conditions x_ref on c instead and costs
+    one more forward for L_sim; share_noise uses one (noise, t) per pair, as Diffusion-DPO.
+    """
+    z = torch.cat([batch["z_ref"], batch["z_gen"]])
+    n, device = batch["z_ref"].shape[0], z.device
+    noise = torch.randn(z.shape, generator=generator).to(device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (2 * n,), generator=generator).to(device)
+    if share_noise:
+        noise, t = torch.cat([noise[:n], noise[:n]]), torch.cat([t[:n], t[:n]])
+    z_t = scheduler.add_noise(z, noise, t)
+    target = diffusion_target(scheduler, z, noise, t)
+    c_ref = batch["c_inst"] if ref_prompt == "instance" else batch["c_pair"]
+    cond = torch.cat([c_ref, batch["c_pair"]])
+
+    with autocast():
+        l_theta = per_sample_error(unet(z_t, t, cond).sample, target)
+        if ref_prompt == "instance":
+            l_theta_inst = l_theta[:n]
+        else:
+            l_theta_inst = per_sample_error(unet(z_t[:n], t[:n], batch["c_inst"]).sample, target[:n])
+        if beta > 0:
+            with torch.no_grad():
+                l_ref = per_sample_error(ref_unet(z_t.to(ref_unet.dtype), t, cond.to(ref_unet.dtype)).sample, target)
+        else:
+            l_ref = l_theta.detach()  # Delta is 0 whatever l_ref is: skip the frozen U-Net
+    out = rpo_loss(l_theta_inst, l_ref[:n], l_theta[:n], l_ref[n:], l_theta[n:], batch["y"], beta)
+    out["p_dev"] = (batch["p"] - 0.5).abs().mean()
+    out["label_mean"] = batch["y"].mean()
+    return out
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    adam_beta1: float
+    adam_beta2: float
+    grad_clip: float
+    beta: float
+    share_noise: bool
+    ref_prompt: str
+    mixed_precision: str
+    gradient_checkpointing: bool
+    validate_every: int
+    seed: int
+
+    @classmethod
+    def from_params(cls, params: dict) -> "TrainConfig":
+        t = params["train"]
+        return cls(validate_every=params["validate"]["every"], seed=params["seed"],
+                   **{k: t[k] for k in cls.__dataclass_fields__ if k in t})
+
+
+def validation_steps(cfg: TrainConfig) -> list[int]:
+    """Every `validate.every` steps, and always the last step (so early stopping can be turned off)."""
+    steps = list(range(cfg.validate_every, cfg.max_steps + 1, cfg.validate_every))
+    return steps if steps and steps[-1] == cfg.max_steps else steps + [cfg.max_steps]
+
+
+def frozen_reference(unet, dtype: torch.dtype):
+    """eps_ref: a frozen copy of the base U-Net, run without gradients (half precision on accelerators)."""
+    ref = copy.deepcopy(unet).to(dtype).eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def train(pipe, data: PairData, cfg: TrainConfig, *, device, ref_dtype, on_validate, on_log) -> None:
+    """Fine-tune pipe.unet in place; on_validate(step, unet) at each validation step, on_log(row) every step."""
+    unet = pipe.unet.to(device, torch.float32)  # fp32 master weights; autocast gives mixed precision
+    ref_unet = frozen_reference(unet, ref_dtype) if cfg.beta > 0 else None
+    for frozen in (pipe.vae, pipe.text_encoder):
+        frozen.requires_grad_(False)
+    unet.requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    scheduler = _training_scheduler(pipe)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                            weight_decay=cfg.weight_decay)
+    autocast = _autocast(cfg.mixed_precision, device)
+    generator = torch.Generator("cpu").manual_seed(cfg.seed)
+    checks = set(validation_steps(cfg))
+    log.info("training %d steps on %d pairs (batch %d, beta %g), validating at steps %s",
+             cfg.max_steps, data.n_pairs, cfg.batch_size, cfg.beta, sorted(checks))
+    bar = tqdm(range(1, cfg.max_steps + 1), desc="finetune", unit="step")
+    for step in bar:
+        unet.train()
+        start = time.perf_counter()
+        idx, draw = data.batch_indices(step - 1, cfg.batch_size, cfg.seed)
+        out = rpo_step_losses(unet, ref_unet, scheduler, data.batch(idx, draw, device), beta=cfg.beta,
+                              share_noise=cfg.share_noise, ref_prompt=cfg.ref_prompt, generator=generator,
+                              autocast=autocast)
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        opt.step()
+        row = {"step": step, **{k: float(v.detach()) for k, v in out.items()}, "grad_norm": float(grad_norm),
+               "seconds": time.perf_counter() - start}
+        on_log(row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", l_pref=f"{row['l_pref']:.4f}", delta=f"{row['delta_abs']:.2e}")
+        if step in checks:
+            unet.eval()
+            with autocast():
+                on_validate(step, unet)
+
+
+def _training_scheduler(pipe):
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(pipe.scheduler.config)
+
+
+def _autocast(mixed_precision: str, device):
+    from rpo.device import pick_dtype
+
+    dtype = pick_dtype(mixed_precision, device)
+    if dtype == torch.float32:
+        return nullcontext
+    return lambda: torch.autocast(device.type, dtype=dtype)
