@@ -17,29 +17,61 @@ def _load_params(args) -> dict:
     return P.load(args.params, overrides)
 
 
-def cmd_stage(args) -> None:
-    from rpo import stages
+def _checked_context(args):
+    """Params and the subject's photos are checked here, before torch or any model is imported."""
+    from rpo.context import context
 
     params = _load_params(args)
-    ctx = stages.context(Path.cwd(), params, args.subject)
+    if getattr(args, "variant", None):
+        from rpo import ablation
+
+        ctx = ablation.context(Path.cwd(), params, args.subject, args.variant, args.name)
+    else:
+        ctx = context(Path.cwd(), params, args.subject)
+    _quiet_libraries()
+    return ctx
+
+
+def cmd_stage(args) -> None:
+    ctx = _checked_context(args)
+    from rpo import stages
+
     stages.STAGE_FUNCTIONS[args.name](ctx)
 
 
 def cmd_run(args) -> None:
     """All stages for one subject, in order, without DVC (use `dvc repro` to get caching)."""
+    ctx = _checked_context(args)
     from rpo import stages
 
-    params = _load_params(args)
-    ctx = stages.context(Path.cwd(), params, args.subject)
     for name in stages.STAGES:
         log.info("== stage %s for %s ==", name, args.subject)
         stages.STAGE_FUNCTIONS[name](ctx)
 
 
 def cmd_report(args) -> None:
-    from rpo.report import report
+    from rpo import report
 
-    print(report(Path.cwd(), _load_params(args)))
+    params = _load_params(args)
+    if args.ablations:
+        print(report.ablations(Path.cwd(), params, args.subjects or params["subjects"], args.tables))
+    else:
+        print(report.report(Path.cwd(), params))
+
+
+def cmd_ablate(args) -> None:
+    from rpo import ablation
+    from rpo.artifacts import ArtifactError
+
+    params = _load_params(args)
+    subjects = args.subjects or params["subjects"]
+    if args.dry_run:
+        print(ablation.write(Path.cwd(), params, subjects, args.tables))
+        return
+    code = ablation.run(Path.cwd(), params, subjects, args.tables)
+    if code:
+        raise ArtifactError(f"dvc repro {ablation.ABLATIONS}/dvc.yaml failed (exit {code}); see DVC's message above")
+    print("reports/ablations.md")
 
 
 def cmd_check(args) -> None:
@@ -61,6 +93,20 @@ def cmd_subjects_add(args) -> None:
     print(f"added {s.name}: {len(s.images)} images in {s.folder}; add it to `subjects` in {args.params} to run it")
 
 
+def cmd_subjects_add_dreambench(args) -> None:
+    from rpo import dreambench
+
+    params = P.load(args.params)
+    dataset = Path(args.dataset or params["paths"]["dreambench"])
+    added = dreambench.add_subjects(dataset, Path(params["paths"]["subjects"]), args.names,
+                                    params["model"]["resolution"], args.max_size, args.overwrite)
+    names = args.names or list(dreambench.CATALOG)
+    print(f"added {len(added)} DreamBench subjects from {dataset} ({len(names) - len(added)} already there)")
+    missing = [n for n in names if n not in params["subjects"]]
+    if missing:
+        print(f"add them to `subjects` in {args.params} to run them: {', '.join(missing)}")
+
+
 def cmd_subjects_list(args) -> None:
     from rpo.subjects import load_subject
 
@@ -72,8 +118,17 @@ def cmd_subjects_list(args) -> None:
         print(f"{mark} {s.name:24s} {s.class_noun:16s} {'live' if s.live else 'object':6s} {len(s.images)} images")
 
 
+def cmd_preset(args) -> None:
+    from rpo import presets
+
+    values = presets.apply(args.name, args.params)
+    print(f"{args.params}: preset {args.name!r} set {len(values)} keys ({', '.join(values)})")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from rpo.stages import STAGES
+    from rpo.ablation import TABLES
+    from rpo.context import STAGES
+    from rpo.dreambench import DEFAULT_MAX_SIZE
 
     parser = argparse.ArgumentParser(prog="rpo", description=__doc__)
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
@@ -84,14 +139,32 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stage", help="run one stage for one subject")
     p.add_argument("name", choices=STAGES)
     p.add_argument("--subject", required=True)
+    p.add_argument("--variant", help="an ablation's training run or row (rpo ablate writes these commands)")
     p.set_defaults(func=cmd_stage)
 
     p = sub.add_parser("run", help="run every stage for one subject (no DVC caching)")
     p.add_argument("--subject", required=True)
     p.set_defaults(func=cmd_run)
 
-    sub.add_parser("report", help="summary table over all subjects in params.yaml").set_defaults(func=cmd_report)
+    p = sub.add_parser("report", help="DreamBench report over the subjects in params.yaml (or the ablations report)")
+    p.add_argument("--ablations", action="store_true", help="the ablations report (`rpo ablate` runs it)")
+    p.add_argument("--tables", type=int, nargs="+", choices=TABLES, default=list(TABLES),
+                   help="with --ablations: tables 2 and/or 3")
+    p.add_argument("--subjects", nargs="+", help="with --ablations: subjects (default: params.yaml `subjects`)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ablate", help="the paper's Tables 2 and 3: writes ablations/dvc.yaml, runs `dvc repro` on it")
+    p.add_argument("subjects", nargs="*", help="subjects (default: every one in params.yaml `subjects`)")
+    p.add_argument("--tables", type=int, nargs="+", choices=TABLES, default=list(TABLES),
+                   help="2 (L_pref, early stopping), 3 (lambda_val)")
+    p.add_argument("--dry-run", action="store_true", help="only write ablations/dvc.yaml")
+    p.set_defaults(func=cmd_ablate)
+
     sub.add_parser("check", help="validate params.yaml and the subjects, without loading models").set_defaults(func=cmd_check)
+
+    p = sub.add_parser("preset", help="switch params.yaml to a preset (paper: SD 2.1, ALIGN, 512 px, 400 steps)")
+    p.add_argument("name", help="paper or tiny")
+    p.set_defaults(func=cmd_preset)
 
     subjects = sub.add_parser("subjects", help="manage subjects").add_subparsers(dest="subcommand", required=True)
     p = subjects.add_parser("add", help="validate photos and copy them into data/subjects/NAME")
@@ -101,6 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--live", action="store_true", help="a live subject (pet): uses the live prompt lists")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_subjects_add)
+    p = subjects.add_parser("add-dreambench", help="import DreamBench subjects (all 30, or NAMES) with class nouns")
+    p.add_argument("names", nargs="*", help="DreamBench subjects, e.g. dog backpack (default: all 30)")
+    p.add_argument("--dataset", help="DreamBench `dataset` folder (default: params.yaml paths.dreambench)")
+    p.add_argument("--max-size", type=int, default=DEFAULT_MAX_SIZE,
+                   help=f"bound on the photos' short side in px, not below model.resolution ({DEFAULT_MAX_SIZE})")
+    p.add_argument("--overwrite", action="store_true", help="replace subjects that already exist")
+    p.set_defaults(func=cmd_subjects_add_dreambench)
     subjects.add_parser("list", help="list subject folders (* = in params.yaml)").set_defaults(func=cmd_subjects_list)
     return parser
 
@@ -113,7 +193,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    _quiet_libraries()
     try:
         args.func(args)
     except (P.ParamsError, SubjectError, ImageError, ArtifactError) as e:

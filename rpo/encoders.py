@@ -14,11 +14,18 @@ import torch.nn.functional as F
 from PIL import Image
 
 from rpo.tiny import TINY_NAMES, tiny_path
+from rpo.world.pipeline import NAMES as WORLD_NAMES
+from rpo.world.pipeline import model_path as world_path
 
 
 def resolve(name: str) -> str:
-    """A tiny name becomes its built directory; anything else (hub id, path) is passed through."""
-    return str(tiny_path(name)) if name in TINY_NAMES else name
+    """A tiny name becomes its built directory, a world name (rpo.world) its committed one;
+    anything else (hub id, path) is passed through."""
+    if name in TINY_NAMES:
+        return str(tiny_path(name))
+    if name in WORLD_NAMES:
+        return str(world_path(name))
+    return name
 
 
 def _features(out) -> torch.Tensor:

@@ -2,46 +2,90 @@
 
 Each image has its own seed (a CPU generator), so an image is the same whatever the
 batch size or device it was drawn with, and regenerating one image needs no others.
+Prompts are encoded once per distinct text (and cached across calls when the caller keeps
+the cache), so the text encoder never runs twice on the same prompt.
 """
 
 from __future__ import annotations
-
-import logging
 
 import torch
 from tqdm import tqdm
 
 from rpo.encoders import resolve
 
-log = logging.getLogger(__name__)
+NEGATIVE = ""  # the unconditional text of classifier-free guidance, as the pipeline uses it
 
 
 def image_seed(base_seed: int, prompt_index: int, image_index: int) -> int:
     return base_seed * 1_000_003 + prompt_index * 1_000 + image_index
 
 
-def load_pipeline(base: str, device: torch.device, dtype: torch.dtype = torch.float32):
-    """A StableDiffusionPipeline (1.x / 2.x) by hub id, local directory, or tiny name; safetensors only."""
+def load_pipeline(base: str, device: torch.device, dtype: torch.dtype = torch.float32, *,
+                  unet_dtype: torch.dtype | None = None, attention: str = "sdpa"):
+    """A StableDiffusionPipeline (1.x / 2.x) by hub id, local directory, or tiny name; safetensors only.
+
+    `unet_dtype` loads the U-Net in its own precision (fp32 master weights for training) so its
+    weights are never rounded through `dtype` first.
+    """
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(
         resolve(base), use_safetensors=True, safety_checker=None, requires_safety_checker=False,
-        feature_extractor=None, torch_dtype=dtype,
+        feature_extractor=None, dtype={"unet": unet_dtype or dtype, "default": dtype},
     )
     pipe.set_progress_bar_config(disable=True)
+    set_attention(pipe, attention)
+    # decode one image at a time: a batch of 512 px decodes would dominate peak memory, for no speed
+    pipe.vae.enable_slicing()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # the fp32 matmuls left (reward encoders, loss)
     return pipe.to(device)
+
+
+def set_attention(pipe, attention: str) -> None:
+    """sdpa: PyTorch's fused attention, fastest on GPUs and, in fp32, on the CPU too;
+    eager: the plain softmax(QK^T)V, whose bf16 backward is the faster one on some CPUs."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    for model in (pipe.unet, pipe.vae):
+        model.set_attn_processor(AttnProcessor() if attention == "eager" else AttnProcessor2_0())
+
+
+@torch.no_grad()
+def encode_prompts(pipe, prompts: list[str], device) -> torch.Tensor:
+    """Text-encoder states of `prompts`, exactly as the pipeline computes them for its own call."""
+    embeds, _ = pipe.encode_prompt(prompts, device, 1, do_classifier_free_guidance=False)
+    return embeds
+
+
+class PromptCache:
+    """Text embeddings of each distinct prompt (and of the negative prompt), computed on first use.
+
+    The text encoder is frozen, so one cache serves every validation of a training run.
+    """
+
+    def __init__(self, pipe, device):
+        self.pipe, self.device, self._embeds = pipe, device, {}
+
+    def __call__(self, prompts: list[str]) -> torch.Tensor:
+        todo = list(dict.fromkeys(p for p in prompts if p not in self._embeds))
+        if todo:
+            self._embeds.update(zip(todo, encode_prompts(self.pipe, todo, self.device)))
+        return torch.stack([self._embeds[p] for p in prompts])
 
 
 @torch.no_grad()
 def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance: float, resolution: int,
-             batch_size: int, desc: str = "generate") -> list:
+             batch_size: int, desc: str = "generate", cache: PromptCache | None = None) -> list:
     """One PIL image per (prompt, seed), drawn `batch_size` at a time."""
     assert len(prompts) == len(seeds)
+    cache = cache or PromptCache(pipe, pipe.device)
     images = []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False):
         chunk_p, chunk_s = prompts[start : start + batch_size], seeds[start : start + batch_size]
         generators = [torch.Generator("cpu").manual_seed(s) for s in chunk_s]
-        out = pipe(chunk_p, generator=generators, num_inference_steps=steps, guidance_scale=guidance,
+        out = pipe(prompt_embeds=cache(chunk_p), negative_prompt_embeds=cache([NEGATIVE] * len(chunk_p)),
+                   generator=generators, num_inference_steps=steps, guidance_scale=guidance,
                    height=resolution, width=resolution, output_type="pil")
         images.extend(out.images)
     return images

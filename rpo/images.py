@@ -44,5 +44,13 @@ def center_square(im: Image.Image, size: int) -> Image.Image:
     return ImageOps.fit(im, (size, size), method=Image.Resampling.BICUBIC)
 
 
+def limit_short_side(im: Image.Image, max_size: int | None) -> Image.Image:
+    """Scale down (never up) so the short side is at most `max_size`: 2048 px originals need not be kept."""
+    if max_size is None or min(im.size) <= max_size:
+        return im
+    scale = max_size / min(im.size)
+    return im.resize((round(im.width * scale), round(im.height * scale)), Image.Resampling.LANCZOS)
+
+
 def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

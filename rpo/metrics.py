@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from rpo.encoders import HFImageEncoder, dino_original_transform, dual_encoder
+from rpo.preprocessing import describe
 
 
 def image_similarity(gen_emb: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:
@@ -37,11 +38,12 @@ class MetricModels:
             transform = dino_original_transform(size)
         self.dino = HFImageEncoder(ev["dino"], device, transform=transform)
         self.clip = dual_encoder(ev["clip_backend"], ev["clip"], device)
+        # read back from the loaded processors and transforms: the report states what was done
         self.description = {
             "dino_model": ev["dino"], "clip_model": ev["clip"], "clip_backend": ev["clip_backend"],
-            "dino_preprocessing": ("short side 256/224 x input bicubic, centre crop, ImageNet mean/std (DINO eval)"
-                                   if transform else "model's Hugging Face image processor"),
-            "clip_preprocessing": "model's own processor (resize short side, centre crop, CLIP mean/std)",
+            "preprocessing": ev["preprocessing"],
+            "dino_preprocessing": describe(self.dino) + (" = DINO's evaluation transform" if transform else ""),
+            "clip_preprocessing": describe(self.clip),
         }
 
     def reference(self, refs) -> dict:

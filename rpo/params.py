@@ -47,6 +47,12 @@ def _str_list(v):
     return None
 
 
+def _unit_list(v):
+    if not isinstance(v, list) or not v or any(UNIT(x) for x in v):
+        return f"must be a non-empty list of numbers in [0, 1], got {v!r}"
+    return None
+
+
 POS = _num(lo=1, integer=True)
 NONNEG = _num(lo=0, integer=True)
 UNIT = _num(0.0, 1.0)
@@ -58,9 +64,11 @@ SPEC = {
     "seed": NONNEG,
     "device": _str,
     "paths.subjects": _str,
+    "paths.dreambench": _str,
     "model.base": _str,
     "model.resolution": _num(8, 2048, integer=True),
     "model.dtype": PRECISION,
+    "model.attention": _choice("sdpa", "eager"),
     "prior.images_per_prompt": POS,
     "prior.num_inference_steps": POS,
     "prior.guidance_scale": _num(0.0),
@@ -83,12 +91,15 @@ SPEC = {
     "train.ref_prompt": _choice("instance", "pair"),
     "train.mixed_precision": PRECISION,
     "train.gradient_checkpointing": _bool,
+    "train.lora_rank": NONNEG,
+    "train.compile": _bool,
     "validate.every": POS,
     "validate.images_per_prompt": POS,
     "validate.num_inference_steps": POS,
     "validate.guidance_scale": _num(0.0),
     "validate.lambda_val": UNIT,
     "validate.early_stopping": _bool,
+    "validate.keep": _choice("all", "selectable"),
     "evaluate.images_per_prompt": POS,
     "evaluate.num_inference_steps": POS,
     "evaluate.guidance_scale": _num(0.0),
@@ -98,6 +109,9 @@ SPEC = {
     "evaluate.clip_backend": _choice("transformers", "open_clip"),
     "evaluate.preprocessing": _choice("processor", "dino_original"),
     "evaluate.base_images": _bool,
+    "evaluate.judges": _choice("none", "world"),
+    "ablate.lambda_val": UNIT,
+    "ablate.lambda_vals": _unit_list,
 }
 
 

@@ -12,7 +12,6 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,59 +19,29 @@ import pandas as pd
 import torch
 
 from rpo import artifacts as A
-from rpo.artifacts import Paths, atomic_dir
-from rpo.device import pick_device, pick_dtype
+from rpo import checkpoints
+from rpo.artifacts import atomic_dir
+from rpo.context import STAGES, Context, context  # noqa: F401  (re-exported for callers)
+from rpo.device import pick_dtype
 from rpo.images import center_square, load_rgb
 from rpo.preference import bt_probability, sample_labels
-from rpo.prompts import evaluation_prompts, instance_prompt, strip_token, training_prompts
+from rpo.prompts import evaluation_prompts, instance_prompt, strip_token
 from rpo.reward import harmonic
-from rpo.subjects import Subject, load_subject
+from rpo.world.judging import world_judge
 
 log = logging.getLogger("rpo")
-
-STAGES = ("prior", "score", "labels", "finetune", "select", "evaluate")
-
-
-@dataclass
-class Context:
-    root: Path
-    params: dict
-    subject: Subject
-    paths: Paths
-
-    @property
-    def token(self) -> str:
-        return self.params["unique_token"]
-
-    @property
-    def resolution(self) -> int:
-        return self.params["model"]["resolution"]
-
-    def rel(self, path: Path) -> str:
-        return Path(path).relative_to(self.root).as_posix()
-
-    def train_prompts(self) -> list[str]:
-        return training_prompts(self.token, self.subject.class_noun, self.subject.live)
-
-    def device(self):
-        return pick_device(self.params["device"])
-
-
-def context(root: Path, params: dict, name: str, check_images: bool = True) -> Context:
-    root = Path(root).resolve()
-    subject = load_subject(root / params["paths"]["subjects"], name, params["model"]["resolution"], check_images)
-    return Context(root, params, subject, Paths(root, name))
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _pipeline(ctx: Context):
+def _pipeline(ctx: Context, unet_dtype: torch.dtype | None = None):
     from rpo.generate import load_pipeline
 
-    device = ctx.device()
-    return load_pipeline(ctx.params["model"]["base"], device, pick_dtype(ctx.params["model"]["dtype"], device))
+    device, model = ctx.device(), ctx.params["model"]
+    return load_pipeline(model["base"], device, pick_dtype(model["dtype"], device), unet_dtype=unet_dtype,
+                         attention=model["attention"])
 
 
 def _seeded_jobs(prompts: list[str], per_prompt: int, seed: int):
@@ -81,12 +50,12 @@ def _seeded_jobs(prompts: list[str], per_prompt: int, seed: int):
     return [(pi, ii, prompts[pi], image_seed(seed, pi, ii)) for pi in range(len(prompts)) for ii in range(per_prompt)]
 
 
-def _generate(pipe, jobs, cfg: dict, resolution: int, desc: str):
+def _generate(pipe, jobs, cfg: dict, resolution: int, desc: str, cache=None):
     from rpo.generate import generate
 
     return generate(pipe, [j[2] for j in jobs], [j[3] for j in jobs], steps=cfg["num_inference_steps"],
                     guidance=cfg["guidance_scale"], resolution=resolution,
-                    batch_size=cfg.get("batch_size", len(jobs)), desc=desc)
+                    batch_size=cfg.get("batch_size", len(jobs)), desc=desc, cache=cache)
 
 
 # --- prior ------------------------------------------------------------------------------
@@ -194,18 +163,17 @@ def _pair_data(ctx: Context, pipe, device):
     )
 
 
-def save_unet(unet, out: Path, dtype=torch.float16) -> None:
-    """U-Net in diffusers' layout, weights in half precision (a quarter of the fp32 optimizer state on disk)."""
-    from safetensors.torch import save_file
-
-    with atomic_dir(out) as tmp:
-        unet.save_config(tmp)
-        state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in unet.state_dict().items()}
-        save_file(state, tmp / "diffusion_pytorch_model.safetensors")
+def _remove_finetune_outputs(ctx: Context) -> None:
+    out = ctx.paths.model_dir
+    for stale in (ctx.paths.checkpoints, out / "validation"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in (ctx.paths.validation, ctx.paths.train_log, out / "train.json"):
+        stale.unlink(missing_ok=True)
 
 
 def finetune(ctx: Context) -> Path:
     """Train the U-Net with L = L_sim + L_pref; validate, score and checkpoint every `validate.every` steps."""
+    from rpo.generate import PromptCache
     from rpo.scoring import RewardModel
     from rpo.train import TrainConfig, train
 
@@ -214,19 +182,19 @@ def finetune(ctx: Context) -> Path:
             raise A.ArtifactError(f"{needed}: missing (run the stage that writes it first)")
     cfg, vcfg = TrainConfig.from_params(ctx.params), ctx.params["validate"]
     device = ctx.device()
-    pipe = _pipeline(ctx)
+    pipe = _pipeline(ctx, unet_dtype=torch.float32)  # the master weights, never rounded through model.dtype
     data = _pair_data(ctx, pipe, device)
+    prompt_cache = PromptCache(pipe, device)  # validation prompts are fixed: encode them once per run
     rcfg = ctx.params["reward"]
     reward = RewardModel(rcfg["backend"], rcfg["model"], ctx.subject.load_images(), ctx.token, device, rcfg["batch_size"])
     jobs = _seeded_jobs(ctx.train_prompts(), vcfg["images_per_prompt"], ctx.params["seed"] + 1)
     out = ctx.paths.model_dir
-    for stale in (ctx.paths.checkpoints, out / "validation"):
-        shutil.rmtree(stale, ignore_errors=True)
+    _remove_finetune_outputs(ctx)  # a half-finished earlier run must not mix with this one
     records, log_rows = [], []
 
     def on_validate(step, unet):
         images = _generate(pipe, jobs, {**vcfg, "batch_size": ctx.params["prior"]["batch_size"]}, ctx.resolution,
-                           f"validate@{step}")
+                           f"validate@{step}", prompt_cache)
         ai, at = reward.score(images, [j[2] for j in jobs])
         folder = out / "validation" / f"step_{step:05d}"
         with atomic_dir(folder) as tmp:
@@ -235,19 +203,21 @@ def finetune(ctx: Context) -> Path:
         for (pi, ii, prompt, seed), a, b in zip(jobs, ai, at):
             records.append({"step": step, "prompt_index": pi, "prompt": prompt, "image_index": ii, "seed": seed,
                             "path": ctx.rel(folder / f"p{pi:02d}_{ii:03d}.png"), "align_i": float(a), "align_t": float(b)})
-        save_unet(unet, ctx.paths.checkpoints / f"step_{step:05d}")
-        mean_r = float(np.mean(harmonic(ai.numpy(), at.numpy(), vcfg["lambda_val"])))
-        log.info("validation step %d: ALIGN-I %.4f, ALIGN-T %.4f, reward@%.1f %.4f",
-                 step, float(ai.mean()), float(at.mean()), vcfg["lambda_val"], mean_r)
+        checkpoints.save(unet, ctx.paths.checkpoints / f"step_{step:05d}")
+        if vcfg["keep"] == "selectable":
+            checkpoints.prune(ctx.paths.checkpoints, checkpoints.selectable_steps(pd.DataFrame(records)))
+        # lambda_val is selection's key, not training's: log raw scores so finetune never reads it
+        log.info("validation step %d: ALIGN-I %.4f, ALIGN-T %.4f", step, float(ai.mean()), float(at.mean()))
 
     start = time.perf_counter()
     train(pipe, data, cfg, device=device, ref_dtype=pick_dtype(ctx.params["model"]["dtype"], device),
           on_validate=on_validate, on_log=log_rows.append)
-    A.write_table(records, A.VALIDATION, ctx.paths.validation)
     with A.atomic_file(ctx.paths.train_log) as tmp:
         pd.DataFrame(log_rows).to_csv(tmp, index=False)
     A.write_json({"config": vars(cfg), "seconds": time.perf_counter() - start, "device": str(device),
                   "base_model": ctx.params["model"]["base"], "pairs": data.n_pairs}, out / "train.json")
+    # written last: select reads it, so its presence means every checkpoint it names is complete
+    A.write_table(records, A.VALIDATION, ctx.paths.validation)
     return out
 
 
@@ -262,11 +232,12 @@ def select(ctx: Context) -> Path:
     validation = A.read_table(ctx.paths.validation, A.VALIDATION).to_pandas()
     step = select_step(validation, vcfg["lambda_val"], vcfg["early_stopping"])
     source = ctx.paths.checkpoints / f"step_{step:05d}"
-    if not (source / "diffusion_pytorch_model.safetensors").exists():
-        raise A.ArtifactError(f"{source}: checkpoint of the selected step is missing")
+    if not checkpoints.is_complete(source):
+        raise A.ArtifactError(f"{source}: checkpoint of the selected step is missing (validate.keep=selectable keeps "
+                              "the best step of each lambda_val on a 0.01 grid and the last; keep: all keeps every one)")
     curve = reward_by_step(validation, vcfg["lambda_val"]).assign(selected=lambda d: d["step"] == step)
     with atomic_dir(ctx.paths.selected) as tmp:
-        shutil.copytree(source, tmp / "unet")
+        checkpoints.copy_folder(source, tmp / "unet")
         (tmp / "base_model.txt").write_text(ctx.params["model"]["base"] + "\n")
     with A.atomic_file(ctx.paths.model_dir / "validation_curve.csv") as tmp:
         curve.to_csv(tmp, index=False)
@@ -281,14 +252,14 @@ def select(ctx: Context) -> Path:
 # --- evaluate ---------------------------------------------------------------------------
 
 
-def load_selected_unet(ctx: Context, dtype):
-    from diffusers import UNet2DConditionModel
-
-    return UNet2DConditionModel.from_pretrained(ctx.paths.selected / "unet", torch_dtype=dtype, use_safetensors=True)
+def load_selected_unet(ctx: Context, base_unet):
+    """The selected U-Net: a whole one, or the base U-Net with the selected LoRA weights fused in."""
+    return checkpoints.load(ctx.paths.selected / "unet", base_unet)
 
 
 def evaluate(ctx: Context) -> Path:
     """DreamBench protocol on the selected model (and the base model, for comparison)."""
+    from rpo.generate import PromptCache
     from rpo.metrics import MetricModels
     from rpo.scoring import RewardModel
 
@@ -299,7 +270,7 @@ def evaluate(ctx: Context) -> Path:
     device = ctx.device()
     pipe = _pipeline(ctx)
     base_unet = pipe.unet
-    models = {"selected": load_selected_unet(ctx, pipe.unet.dtype).to(device)}
+    models = {"selected": load_selected_unet(ctx, base_unet)}
     if ev["base_images"]:
         models["base"] = base_unet
     refs = ctx.subject.load_images()
@@ -308,14 +279,18 @@ def evaluate(ctx: Context) -> Path:
     rcfg = ctx.params["reward"]
     reward = RewardModel(rcfg["backend"], rcfg["model"], refs, ctx.token, device, rcfg["batch_size"])
     texts = [strip_token(j[2], ctx.token) for j in jobs]
+    prompt_cache = PromptCache(pipe, device)  # one text encoding per prompt for both models
+    judge = world_judge(ev, ctx.subject.name, ctx.token)  # None unless evaluate.judges is "world"
     rows, out = [], ctx.paths.eval_dir
     with atomic_dir(out) as tmp:
         for which, unet in models.items():
             pipe.unet = unet
-            images = _generate(pipe, jobs, ev, ctx.resolution, f"evaluate {which}")
+            images = _generate(pipe, jobs, ev, ctx.resolution, f"evaluate {which}", prompt_cache)
             (tmp / which).mkdir()
             m = metric_models.score(images, texts, ref_emb)
             ai, at = reward.score(images, [j[2] for j in jobs])
+            if judge:
+                judge.add(which, images, [j[2] for j in jobs])
             for k, ((pi, ii, prompt, seed), im) in enumerate(zip(jobs, images)):
                 name = f"{which}/p{pi:02d}_{ii:03d}.png"
                 im.save(tmp / name)
@@ -324,8 +299,12 @@ def evaluate(ctx: Context) -> Path:
                              "clip_t": float(m["clip_t"][k]), "align_i": float(ai[k]), "align_t": float(at[k]),
                              "reward": float(harmonic(float(ai[k]), float(at[k]), lam))})
         A.write_table(rows, A.EVAL_IMAGES, tmp / "images.parquet")
+        # the curve this checkpoint was chosen on: the report draws it from eval/ alone
+        pd.DataFrame(selection["curve"]).to_csv(tmp / "validation_curve.csv", index=False)
+        if judge:
+            judge.write(tmp)
     df = pd.DataFrame(rows)
-    summary = {which: _means(df[df["model"] == which]) for which in models}
+    summary = {which: {**_means(df[df["model"] == which]), **(judge.summary(which) if judge else {})} for which in models}
     train_info = json.loads((ctx.paths.model_dir / "train.json").read_text()) if (ctx.paths.model_dir / "train.json").exists() else {}
     metrics = {
         "subject": ctx.subject.name, "class_noun": ctx.subject.class_noun, "live": ctx.subject.live,

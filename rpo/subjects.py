@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from rpo.artifacts import atomic_dir
-from rpo.images import ImageError, image_files, load_rgb
+from rpo.images import ImageError, image_files, limit_short_side, load_rgb
 
 MIN_IMAGES, MAX_IMAGES = 2, 12  # the paper uses 3 to 6; leave-one-out ALIGN-I needs at least 2
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -58,8 +58,11 @@ def load_subject(subjects_dir: Path, name: str, min_size: int | None = None, che
 
 
 def add_subject(subjects_dir: Path, name: str, images_dir: Path, class_noun: str, live: bool,
-                min_size: int | None = None, overwrite: bool = False) -> Subject:
-    """Validate photos in `images_dir` and copy them, with subject.yaml, into `subjects_dir/name`."""
+                min_size: int | None = None, overwrite: bool = False, max_size: int | None = None) -> Subject:
+    """Validate photos in `images_dir` and copy them, with subject.yaml, into `subjects_dir/name`.
+
+    With `max_size`, photos whose short side is larger are scaled down to it (never up).
+    """
     if not NAME_RE.match(name):
         raise SubjectError(f"subject name {name!r}: use letters, digits, '_' and '-' only")
     images_dir = Path(images_dir)
@@ -75,7 +78,7 @@ def add_subject(subjects_dir: Path, name: str, images_dir: Path, class_noun: str
         load_rgb(path, min_size)  # raises ImageError naming the file
     with atomic_dir(dest) as tmp:
         for i, path in enumerate(images):
-            load_rgb(path).save(tmp / f"{i:02d}.png")  # normalised: upright RGB, one format
+            limit_short_side(load_rgb(path), max_size).save(tmp / f"{i:02d}.png")  # normalised: upright RGB, one format
         (tmp / "subject.yaml").write_text(yaml.safe_dump({"class_noun": class_noun, "live": live}))
     return load_subject(subjects_dir, name, min_size)
 

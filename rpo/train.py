@@ -8,12 +8,13 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from rpo import generate
+from rpo.device import pick_dtype
 from rpo.loss import per_sample_error, rpo_loss
 
 log = logging.getLogger(__name__)
@@ -71,10 +72,9 @@ def encode_images(vae, images, device, batch_size: int = 16) -> torch.Tensor:
     return torch.cat(out).float().cpu()
 
 
-@torch.no_grad()
 def encode_prompts(pipe, prompts: list[str], device) -> torch.Tensor:
-    embeds, _ = pipe.encode_prompt(prompts, device, 1, do_classifier_free_guidance=False)
-    return embeds.float().cpu()
+    """Text embeddings of the training prompts, kept on the CPU in fp32 and indexed per step."""
+    return generate.encode_prompts(pipe, prompts, device).float().cpu()
 
 
 def diffusion_target(scheduler, z, noise, t):
@@ -137,6 +137,8 @@ class TrainConfig:
     ref_prompt: str
     mixed_precision: str
     gradient_checkpointing: bool
+    lora_rank: int
+    compile: bool
     validate_every: int
     seed: int
 
@@ -160,23 +162,84 @@ def frozen_reference(unet, dtype: torch.dtype):
     return ref
 
 
-def train(pipe, data: PairData, cfg: TrainConfig, *, device, ref_dtype, on_validate, on_log) -> None:
-    """Fine-tune pipe.unet in place; on_validate(step, unet) at each validation step, on_log(row) every step."""
-    unet = pipe.unet.to(device, torch.float32)  # fp32 master weights; autocast gives mixed precision
-    ref_unet = frozen_reference(unet, ref_dtype) if cfg.beta > 0 else None
-    for frozen in (pipe.vae, pipe.text_encoder):
-        frozen.requires_grad_(False)
-    unet.requires_grad_(True)
+# the attention projections, as diffusers' DreamBooth LoRA script adapts them
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+
+
+def add_lora(unet, rank: int):
+    """Freeze the U-Net and add rank-`rank` LoRA adapters (alpha = rank, B = 0: training starts at the base model)."""
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=LORA_TARGETS))
+    for p in unet.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()  # fp32 master weights for the adapters only
+    return unet
+
+
+class AdaptersOff:
+    """eps_ref under LoRA: the trainable U-Net with its adapters switched off is exactly the frozen base model."""
+
+    def __init__(self, unet):
+        self.unet = unet
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.unet.dtype
+
+    def __call__(self, *args, **kwargs):
+        self.unet.disable_adapters()
+        try:
+            return self.unet(*args, **kwargs)
+        finally:
+            self.unet.enable_adapters()
+
+
+def trainable_unets(unet, cfg: TrainConfig, device, ref_dtype):
+    """(eps_theta, eps_ref or None when beta = 0).
+
+    Full fine-tuning: fp32 master weights (autocast gives mixed precision) and a frozen copy in
+    `ref_dtype`. LoRA: the base weights stay frozen in the autocast precision, no second copy.
+    """
+    if cfg.lora_rank > 0:
+        unet = add_lora(unet.to(device, pick_dtype(cfg.mixed_precision, device)), cfg.lora_rank)
+        ref = AdaptersOff(unet) if cfg.beta > 0 else None
+    else:
+        unet = unet.to(device, torch.float32).requires_grad_(True)
+        ref = frozen_reference(unet, ref_dtype) if cfg.beta > 0 else None
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
+    if cfg.compile:
+        unet.compile()
+        if isinstance(ref, torch.nn.Module):  # under LoRA eps_ref is the same, already compiled U-Net
+            ref.compile()
+    return unet, ref
+
+
+def train(pipe, data: PairData, cfg: TrainConfig, *, device, ref_dtype, on_validate, on_log) -> None:
+    """Fine-tune pipe.unet in place; on_validate(step, unet) at each validation step, on_log(row) every step.
+
+    `ref_dtype` (model.dtype) is the precision of everything that runs without gradients: the frozen
+    reference U-Net and the validation images; `cfg.mixed_precision` that of the training step.
+    """
+    for frozen in (pipe.vae, pipe.text_encoder):
+        frozen.requires_grad_(False)
+    unet, ref_unet = trainable_unets(pipe.unet, cfg, device, ref_dtype)
+    params = [p for p in unet.parameters() if p.requires_grad]
     scheduler = _training_scheduler(pipe)
-    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                             weight_decay=cfg.weight_decay)
-    autocast = _autocast(cfg.mixed_precision, device)
+    train_dtype = pick_dtype(cfg.mixed_precision, device)
+    autocast = _autocast(train_dtype, device)
+    # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a no-op)
+    scaler = torch.amp.GradScaler(device.type, enabled=train_dtype == torch.float16)
     generator = torch.Generator("cpu").manual_seed(cfg.seed)
     checks = set(validation_steps(cfg))
-    log.info("training %d steps on %d pairs (batch %d, beta %g), validating at steps %s",
-             cfg.max_steps, data.n_pairs, cfg.batch_size, cfg.beta, sorted(checks))
+    log.info("training %d steps on %d pairs (batch %d, beta %g, %s, %d trainable weights), validating at steps %s",
+             cfg.max_steps, data.n_pairs, cfg.batch_size, cfg.beta,
+             f"LoRA rank {cfg.lora_rank}" if cfg.lora_rank else "full U-Net", sum(p.numel() for p in params),
+             sorted(checks))
     bar = tqdm(range(1, cfg.max_steps + 1), desc="finetune", unit="step")
     for step in bar:
         unet.train()
@@ -186,16 +249,18 @@ def train(pipe, data: PairData, cfg: TrainConfig, *, device, ref_dtype, on_valid
                               share_noise=cfg.share_noise, ref_prompt=cfg.ref_prompt, generator=generator,
                               autocast=autocast)
         opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(unet.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-        opt.step()
+        scaler.scale(out["loss"]).backward()
+        scaler.unscale_(opt)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        scaler.step(opt)
+        scaler.update()
         row = {"step": step, **{k: float(v.detach()) for k, v in out.items()}, "grad_norm": float(grad_norm),
                "seconds": time.perf_counter() - start}
         on_log(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", l_pref=f"{row['l_pref']:.4f}", delta=f"{row['delta_abs']:.2e}")
         if step in checks:
             unet.eval()
-            with autocast():
+            with _autocast(ref_dtype, device)():
                 on_validate(step, unet)
 
 
@@ -205,10 +270,7 @@ def _training_scheduler(pipe):
     return DDPMScheduler.from_config(pipe.scheduler.config)
 
 
-def _autocast(mixed_precision: str, device):
-    from rpo.device import pick_dtype
-
-    dtype = pick_dtype(mixed_precision, device)
+def _autocast(dtype: torch.dtype, device):
     if dtype == torch.float32:
         return nullcontext
     return lambda: torch.autocast(device.type, dtype=dtype)

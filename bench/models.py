@@ -1,0 +1,89 @@
+"""Models of the paper's architectures with random weights, built offline for the benchmark.
+
+bench/sd21/*.json are the published configurations of stabilityai/stable-diffusion-2-1 (U-Net,
+VAE, text encoder, scheduler), of openai/clip-vit-base-patch16 (the CLIP metric, and the
+reward model's stand-in: ALIGN-base's tokenizer cannot be built offline, and the two are of
+one size) and of facebook/dino-vits16. No weights can be downloaded here and none are needed:
+speed and memory depend on the architecture, not on the values of the weights.
+
+`divisor` > 1 divides every width (channels, hidden sizes, norm groups) and keeps every count
+(blocks, layers, heads, tokens), so the same code path runs on a CPU in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from rpo.artifacts import atomic_dir
+from rpo.tiny import _clip_tokenizer
+
+CONFIGS = Path(__file__).parent / "sd21"
+WIDTHS = ("block_out_channels", "cross_attention_dim", "hidden_size", "intermediate_size", "projection_dim",
+          "norm_num_groups")
+IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+VERSION = "v1"  # bump when a builder or a configuration changes
+
+
+def config(name: str, divisor: int = 1) -> dict:
+    return narrow(json.loads((CONFIGS / f"{name}.json").read_text()), divisor)
+
+
+def narrow(cfg: dict, divisor: int) -> dict:
+    """Every width divided by `divisor`, nested configurations included; everything else as published."""
+    def scale(v):
+        return [x // divisor for x in v] if isinstance(v, list) else v // divisor
+
+    return {k: narrow(v, divisor) if isinstance(v, dict) else scale(v) if k in WIDTHS else v for k, v in cfg.items()}
+
+
+def build(divisor: int = 1, device: str = "cpu") -> dict[str, str]:
+    """Directories of the base pipeline, reward, DINO and CLIP models (built once into the cache)."""
+    root = Path(os.environ.get("RPO_CACHE", Path.home() / ".cache" / "rpo")) / "bench" / VERSION / f"w{divisor}"
+    builders = {"base": _build_sd21, "clip": _build_clip, "dino": _build_dino}
+    for name, builder in builders.items():
+        out = root / name
+        if not (out / ".complete").exists():
+            with atomic_dir(out) as tmp, torch.device(device):  # initialising on the GPU is much faster
+                torch.manual_seed(0)
+                builder(tmp, divisor)
+                (tmp / ".complete").write_text(VERSION)
+    return {name: str(root / name) for name in builders}
+
+
+def _build_sd21(out: Path, divisor: int) -> None:
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer, src = _clip_tokenizer(out)
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_config(config("vae", divisor)),
+        text_encoder=CLIPTextModel(CLIPTextConfig.from_dict(config("text_encoder", divisor))),
+        tokenizer=tokenizer, unet=UNet2DConditionModel.from_config(config("unet", divisor)),
+        scheduler=DDIMScheduler.from_config(config("scheduler")),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    shutil.rmtree(src)
+
+
+def _build_clip(out: Path, divisor: int) -> None:
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    CLIPModel(CLIPConfig(**config("reward_clip_vit_b16", divisor))).save_pretrained(out, safe_serialization=True)
+    tokenizer, src = _clip_tokenizer(out)
+    images = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(out)
+    shutil.rmtree(src)
+
+
+def _build_dino(out: Path, divisor: int) -> None:
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    ViTModel(ViTConfig(**config("dino_vits16", divisor)), add_pooling_layer=False).save_pretrained(
+        out, safe_serialization=True)
+    ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=IMAGENET[0], image_std=IMAGENET[1]).save_pretrained(out)

@@ -1,0 +1,256 @@
+"""Benchmark: one subject through every stage, ours against the naive procedure of the official code.
+
+Prints, per stage and for each procedure: wall time, images or steps per second, peak memory;
+then naive / ours per stage and overall. Both run in this process on the same models, stage by
+stage (after one warm-up, ours first), at the paper's counts or a stated fraction of them.
+
+    python -m bench.run --threads 1 --naive-fraction 0.25          # CPU, tiny models
+    python -m bench.run --device cuda --arch sd21 --naive-fraction 0.1   # SD 2.1's architecture, 512 px
+    python -m bench.run --arch sd21 --divisor 8 --resolution 64 --fraction 0.1   # the GPU path, shrunk for a CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+N_TRAIN_PROMPTS, N_EVAL_PROMPTS = 8, 25
+UNIT = {"prior": "img", "score": "img", "labels": "pair", "finetune": "step", "select": "run", "evaluate": "img"}
+PAPER_COUNTS = ("8 prompts x 4 prior images, 400 steps, validation every 40 steps with 8 x 4 images, "
+                "25 x 4 evaluation images, 50 sampling steps")
+
+
+def counts(fraction: float) -> dict:
+    """The paper's counts scaled by `fraction`: image counts and validations shrink, per-call shapes stay."""
+    per_prompt, validations = max(1, round(4 * fraction)), max(1, round(10 * fraction))
+    return {
+        "prior.images_per_prompt": per_prompt, "prior.num_inference_steps": 50,
+        "train.max_steps": 40 * validations, "validate.every": 40,
+        "validate.images_per_prompt": 4, "validate.num_inference_steps": 50,
+        "evaluate.images_per_prompt": per_prompt, "evaluate.num_inference_steps": 50,
+        "evaluate.base_images": False,  # the official code draws no base images
+    }
+
+
+def units(stage: str, params: dict, n_refs: int) -> int:
+    """Work done by a stage at these params, in UNIT[stage]: what the linear extrapolation scales."""
+    prior = N_TRAIN_PROMPTS * params["prior"]["images_per_prompt"]
+    return {"prior": prior, "score": n_refs + prior, "labels": prior, "finetune": params["train"]["max_steps"],
+            "select": 1, "evaluate": N_EVAL_PROMPTS * params["evaluate"]["images_per_prompt"]}[stage]
+
+
+def bench_params(args, models: dict, fraction: float) -> dict:
+    from rpo import params as P
+    from rpo import presets
+
+    overrides = {**presets.load("paper" if args.arch == "sd21" else "tiny"), **counts(fraction),
+                 "subjects": [args.subject], "device": args.device, "model.resolution": args.resolution}
+    if args.arch == "sd21":
+        overrides.update({"model.base": models["base"], "reward.backend": "transformers", "reward.model": models["clip"],
+                          "evaluate.dino": models["dino"], "evaluate.clip": models["clip"],
+                          "evaluate.clip_backend": "transformers"})
+    overrides.update(P.parse_override(o) for o in args.set or [])
+    return P.validate(P.apply_overrides(P.load(REPO / "params.yaml"), overrides), "bench parameters")
+
+
+def workspace(root: Path, subject: str, params: dict):
+    """A project folder holding only the subject: every stage writes under it."""
+    from rpo import stages
+
+    shutil.copytree(REPO / "data" / "subjects" / subject, root / "data" / "subjects" / subject)
+    return stages.context(root, params, subject)
+
+
+class Meter:
+    """Wall time and peak memory of one call: GPU memory allocated on CUDA, resident set size on the CPU."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def __call__(self, fn, ctx) -> tuple[float, float, int]:
+        import torch
+
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            with contextlib.suppress(OSError):  # where the kernel refuses, the peak is the process's so far
+                Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak RSS
+        start, cpu_start = time.perf_counter(), time.process_time()
+        fn(ctx)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start, time.process_time() - cpu_start, self.peak()
+
+    def peak(self) -> int:
+        import torch
+
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated()
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def describe(self) -> str:
+        import torch
+
+        if self.device.type == "cuda":
+            return f"{torch.cuda.get_device_name()} (peak: GPU memory allocated)"
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), platform.processor())
+        return f"CPU {cpu}, {torch.get_num_threads()} threads (peak: process RSS)"
+
+
+def warm_up(ctx) -> None:
+    """Imports, lazy initialisation and first kernel choices are paid once per process, before any timing."""
+    from rpo import stages
+    from rpo.generate import generate
+    from rpo.metrics import MetricModels
+    from rpo.scoring import RewardModel
+
+    pipe = stages._pipeline(ctx)
+    image = generate(pipe, ["a photo"], [0], steps=1, guidance=7.5, resolution=ctx.resolution, batch_size=1)
+    rcfg = ctx.params["reward"]
+    RewardModel(rcfg["backend"], rcfg["model"], image, ctx.token, ctx.device()).score(image, ["a photo"])
+    MetricModels(ctx.params["evaluate"], ctx.device()).reference(image)
+
+
+def run(args) -> dict:
+    import torch
+
+    from rpo import stages
+    from rpo.device import pick_device
+
+    from bench import naive
+
+    device = pick_device(args.device)
+    if args.arch == "sd21":
+        from bench.models import build
+
+        models = build(args.divisor, "cuda" if device.type == "cuda" else "cpu")
+    else:
+        from rpo.tiny import tiny_path
+
+        models = {name: str(tiny_path(name)) for name in ("tiny", "tiny-clip", "tiny-clip-metric", "tiny-dino")}
+    paper = bench_params(args, models, 1.0)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="rpo-bench-"))
+    ours = workspace(work / "ours", args.subject, bench_params(args, models, args.fraction))
+    theirs = workspace(work / "naive", args.subject, bench_params(args, models, args.naive_fraction))
+    n_refs, meter = len(ours.subject.images), Meter(device)
+    warm_up(ours)
+    rows = []
+    for stage in stages.STAGES:
+        full = units(stage, paper, n_refs)
+        row = {"stage": stage, "unit": UNIT[stage], "full": full}
+        for who, ctx, fns in (("ours", ours, stages.STAGE_FUNCTIONS), ("naive", theirs, naive.STAGE_FUNCTIONS)):
+            if stage not in fns or (who == "naive" and args.no_naive):
+                continue  # the official code has no separate selection: it keeps the best pipeline as it trains
+            seconds, cpu_seconds, peak = meter(fns[stage], ctx)
+            ran = units(stage, ctx.params, n_refs)
+            row[who] = {"ran": ran, "seconds": seconds, "extrapolated": seconds * full / ran,
+                        "cpu_seconds": cpu_seconds * full / ran, "peak": peak}
+        rows.append(row)
+    if not args.workdir:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"machine": meter.describe(), "device": device.type, "torch": torch.__version__, "arch": args.arch,
+            "divisor": args.divisor, "resolution": args.resolution, "fraction": args.fraction,
+            "naive_fraction": args.naive_fraction, "overrides": args.set or [], "subject": args.subject,
+            "n_refs": n_refs, "rows": rows}
+
+
+def table(result: dict) -> str:
+    narrowed = "" if result["divisor"] == 1 else f", every width / {result['divisor']}"
+    arch = "tiny models" if result["arch"] == "tiny" else f"SD 2.1 architecture, random weights{narrowed}"
+    lines = [
+        f"RPO benchmark: {arch}, {result['resolution']} px, subject {result['subject']} ({result['n_refs']} references)",
+        f"machine: {result['machine']}, torch {result['torch']}",
+        f"paper counts: {PAPER_COUNTS}",
+        f"ours ran at fraction {result['fraction']:g}, naive at {result['naive_fraction']:g} of them; "
+        "seconds are extrapolated linearly to the paper's counts",
+        *([f"overrides: {' '.join(result['overrides'])}"] if result["overrides"] else []),
+        "",
+        f"{'stage':<9} | {'ours: ran':>10} {'seconds':>9} {'rate':>15} {'peak':>9} | "
+        f"{'naive: ran':>10} {'seconds':>9} {'rate':>15} {'peak':>9} | naive/ours",
+    ]
+    totals, cpu = {"ours": 0.0, "naive": 0.0}, {"ours": 0.0, "naive": 0.0}
+    for row in result["rows"]:
+        cells = []
+        for who in ("ours", "naive"):
+            r = row.get(who)
+            if r is None:
+                cells.append(f"{'-':>10} {'-':>9} {'-':>15} {'-':>9}")
+                continue
+            totals[who] += r["extrapolated"]
+            cpu[who] += r["cpu_seconds"]
+            rate = r["ran"] / r["seconds"]
+            cells.append(f"{r['ran']:>4}/{row['full']:<5} {r['extrapolated']:>9.1f} "
+                         f"{rate:>8.2f} {row['unit'] + '/s':<6} {r['peak'] / 2**30:>5.2f} GiB")
+        ratio = f"{row['naive']['extrapolated'] / row['ours']['extrapolated']:.1f}x" if "naive" in row else "-"
+        lines.append(f"{row['stage']:<9} | {cells[0]} | {cells[1]} | {ratio}")
+    lines += ["", f"total (paper counts): ours {totals['ours']:.1f} s ({totals['ours'] / 60:.1f} min), "
+                  f"naive {totals['naive']:.1f} s ({totals['naive'] / 60:.1f} min)"]
+    if totals["naive"]:
+        if result["device"] == "cpu":  # process CPU time does not count other processes' load on a shared machine
+            lines.append(f"overall naive/ours by process CPU time: {cpu['naive'] / cpu['ours']:.1f}x")
+        lines.append(f"overall naive/ours: {totals['naive'] / totals['ours']:.1f}x")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, auto (default: cpu)")
+    p.add_argument("--arch", choices=("tiny", "sd21"), default="tiny",
+                   help="tiny: the embedded tiny models; sd21: SD 2.1's U-Net, VAE, text encoder (random weights)")
+    p.add_argument("--fraction", type=float, default=1.0, help="fraction of the paper's counts ours runs (default 1)")
+    p.add_argument("--naive-fraction", type=float, help="fraction the naive procedure runs (default: --fraction)")
+    p.add_argument("--no-naive", action="store_true", help="time ours only")
+    p.add_argument("--divisor", type=int, default=1, help="sd21 only: divide every width by this (1, 2, 4, 8)")
+    p.add_argument("--resolution", type=int, help="pixels (default: 512 for sd21, 32 for tiny)")
+    p.add_argument("--subject", default="duck_toy", help="a folder of data/subjects (default: duck_toy)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--workdir", help="keep the artifacts of both procedures here (default: a temporary folder)")
+    p.add_argument("--json", help="also write the figures to this file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a parameter of both procedures after the counts (smoke runs; printed in the header)")
+    args = p.parse_args(argv)
+    args.naive_fraction = args.fraction if args.naive_fraction is None else args.naive_fraction
+    args.resolution = args.resolution or (512 if args.arch == "sd21" else 32)
+    for name in ("fraction", "naive_fraction"):
+        if not 0 < getattr(args, name) <= 1:
+            p.error(f"--{name.replace('_', '-')} must be in (0, 1]")
+    if args.divisor not in (1, 2, 4, 8):
+        p.error("--divisor must be 1, 2, 4 or 8 (widths and norm groups must stay divisible)")
+    return args
+
+
+def main(argv=None) -> int:
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    args = parse_args(argv)
+    import torch
+
+    from rpo.cli import _quiet_libraries
+
+    _quiet_libraries()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    print(table(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

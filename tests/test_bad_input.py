@@ -1,0 +1,191 @@
+"""Bad input fails early and clearly; photos in any PIL mode load upright and RGB; interrupted stages leave no output."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from PIL import Image
+
+from conftest import FAST, copy_project, rpo, write_params
+from rpo import params as P
+from rpo import stages
+from rpo.images import load_rgb
+
+SUBJECT = "duck_toy"
+
+
+@pytest.fixture
+def empty_cache(tmp_path):
+    """An empty model cache: a stage that built or loaded a tiny model would fill it."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    return {"RPO_CACHE": str(cache)}, cache
+
+
+def _fails(root, env, *args, match: str):
+    proc = rpo(root, *args, check=False, env=env[0])
+    assert proc.returncode == 2, proc.stderr
+    assert match in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(env[1].iterdir()) == [], "a model was built or loaded before the input was checked"
+    return proc.stderr
+
+
+def _subject_dir(root):
+    return root / "data" / "subjects" / SUBJECT
+
+
+def test_unknown_subject(project, empty_cache):
+    _fails(project, empty_cache, "stage", "prior", "--subject", "no_such_dog", match="unknown subject 'no_such_dog'")
+
+
+def test_subject_folder_without_images(project, empty_cache):
+    for img in _subject_dir(project).glob("*.jpg"):
+        img.unlink()
+    _fails(project, empty_cache, "stage", "prior", "--subject", SUBJECT, match=f"{_subject_dir(project)}: no images")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a jpeg at all", b"\xff\xd8\xff\xe0garbage"])
+def test_corrupt_or_non_image_file(project, empty_cache, content):
+    bad = _subject_dir(project) / "01.jpg"
+    bad.write_bytes(content)
+    _fails(project, empty_cache, "stage", "score", "--subject", SUBJECT, match=f"{bad}: not a readable image")
+
+
+def test_image_smaller_than_the_model_resolution(project, empty_cache):
+    small = _subject_dir(project) / "02.jpg"
+    Image.new("RGB", (20, 24), "red").save(small)
+    _fails(project, empty_cache, "stage", "finetune", "--subject", SUBJECT,
+           match=f"{small}: 20x24 px is smaller than the model's resolution 32 px")
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("validate.lambda_val", 1.5, "validate.lambda_val: must be <= 1.0, got 1.5"),
+    ("reward.lambda_train", -0.1, "reward.lambda_train: must be >= 0.0, got -0.1"),
+    ("train.max_steps", -5, "train.max_steps: must be >= 1, got -5"),
+    ("train.max_steps", "many", "train.max_steps: must be an integer, got 'many'"),
+    ("train.share_noise", "yes", "train.share_noise: must be true or false"),
+])
+def test_invalid_params_name_the_key(project, empty_cache, key, value, message):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    section, name = key.split(".")
+    params[section][name] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    _fails(project, empty_cache, "stage", "prior", "--subject", SUBJECT, match=message)
+
+
+def test_unknown_and_missing_keys(project, empty_cache):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["max_stepz"] = 3
+    del params["labels"]["tau"]
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+    err = _fails(project, empty_cache, "check", match="train.max_stepz: unknown key")
+    assert "labels.tau: missing" in err
+
+
+def test_missing_upstream_artifact_names_the_file(project, empty_cache):
+    _fails(project, empty_cache, "stage", "select", "--subject", SUBJECT,
+           match=f"{project / 'models' / SUBJECT / 'validation.parquet'}: missing")
+
+
+def _exif_rotated(path):
+    im = Image.new("RGB", (40, 20), "white")
+    im.paste((255, 0, 0), (0, 0, 10, 20))  # red band on the left edge
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 CW to display
+    im.save(path, exif=exif)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "1", "P", "CMYK", "I;16", "MPO", "EXIF"])
+def test_any_pil_mode_becomes_upright_rgb(tmp_path, mode):
+    path = tmp_path / f"img_{mode.replace(';', '')}.{'jpg' if mode in ('CMYK', 'MPO', 'EXIF') else 'png'}"
+    if mode == "EXIF":
+        _exif_rotated(path)
+    elif mode == "MPO":
+        frames = [Image.new("RGB", (40, 30), c) for c in ("blue", "yellow")]
+        frames[0].save(path, format="MPO", save_all=True, append_images=frames[1:])
+    elif mode == "RGBA":
+        Image.new("RGBA", (40, 30), (255, 0, 0, 0)).save(path)  # fully transparent red
+    else:
+        Image.new("RGB", (40, 30), (200, 100, 50)).convert(mode).save(path)
+    im = load_rgb(path)
+    assert im.mode == "RGB"
+    if mode == "EXIF":
+        assert im.size == (20, 40)
+        assert im.getpixel((10, 2))[0] > 200 and im.getpixel((10, 2))[1] < 80  # the red band is now on top
+    else:
+        assert im.size == (40, 30)
+    if mode == "RGBA":
+        assert im.getpixel((5, 5)) == (255, 255, 255)  # transparent pixels on white, not black
+    if mode == "MPO":
+        assert Image.open(path).format == "MPO" and im.getpixel((5, 5))[2] > 200  # first picture: blue
+
+
+def test_subjects_add_validates_then_copies(project, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, mode in enumerate(["RGB", "RGBA", "L"]):
+        Image.new(mode, (64, 48)).save(photos / f"{i}.png")
+    out = rpo(project, "subjects", "add", "cup", "--images", str(photos), "--class-noun", "cup")
+    assert "added cup: 3 images" in out.stdout
+    dest = project / "data" / "subjects" / "cup"
+    assert yaml.safe_load((dest / "subject.yaml").read_text()) == {"class_noun": "cup", "live": False}
+    assert sorted(p.name for p in dest.glob("*.png")) == ["00.png", "01.png", "02.png"]
+    assert all(Image.open(p).mode == "RGB" for p in dest.glob("*.png"))
+
+    (photos / "3.png").write_bytes(b"broken")
+    proc = rpo(project, "subjects", "add", "cup2", "--images", str(photos), "--class-noun", "cup", check=False)
+    assert proc.returncode == 2 and f"{photos / '3.png'}: not a readable image" in proc.stderr
+    assert not (project / "data" / "subjects" / "cup2").exists()
+    proc = rpo(project, "subjects", "add", "cup", "--images", str(photos), "--class-noun", "cup", check=False)
+    assert proc.returncode == 2 and "already exists" in proc.stderr
+
+
+def test_paper_preset_rewrites_only_its_keys_and_keeps_comments(project):
+    write_params(project, {"subjects": ["duck_toy"], "seed": 7})
+    out = rpo(project, "preset", "paper")
+    assert "preset 'paper'" in out.stdout
+    after = yaml.safe_load((project / "params.yaml").read_text())
+    assert after["model"]["base"] == "stabilityai/stable-diffusion-2-1" and after["model"]["resolution"] == 512
+    assert after["reward"]["model"] == "kakaobrain/align-base"
+    assert after["train"]["max_steps"] == 400 and after["validate"]["every"] == 40
+    assert after["seed"] == 7 and after["subjects"] == ["duck_toy"]
+    proc = rpo(project, "preset", "nonsense", check=False)
+    assert proc.returncode == 2 and "unknown preset 'nonsense'" in proc.stderr
+
+
+def test_preset_keeps_the_comments_of_the_shipped_params(tmp_path):
+    root = copy_project(tmp_path / "fresh")
+    comment = "# AdamW, constant schedule"
+    assert comment in (root / "params.yaml").read_text()
+    rpo(root, "preset", "paper")
+    text = (root / "params.yaml").read_text()
+    assert comment in text and "5.0e-06" in text.replace("5e-06", "5.0e-06")
+
+
+@pytest.mark.slow
+def test_finetune_killed_half_way_leaves_nothing_that_select_would_take(tmp_path):
+    root = copy_project(tmp_path / "kill", {**FAST, "train.max_steps": 400, "validate.every": 2})
+    ctx = stages.context(root, P.load(root / "params.yaml"), SUBJECT)
+    for stage in ("prior", "score", "labels"):
+        stages.STAGE_FUNCTIONS[stage](ctx)
+    paths = ctx.paths
+    proc = subprocess.Popen([sys.executable, "-m", "rpo.cli", "stage", "finetune", "--subject", SUBJECT], cwd=root,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not list(paths.checkpoints.glob("step_*")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "finetune ended before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list(paths.checkpoints.glob("step_*")) and not paths.validation.exists()
+    # a killed write may leave a hidden temporary; every checkpoint under its final name is whole
+    for ckpt in paths.checkpoints.glob("step_*"):
+        assert (ckpt / "diffusion_pytorch_model.safetensors").exists() and (ckpt / "config.json").exists()
+    select = rpo(root, "stage", "select", "--subject", SUBJECT, check=False)
+    assert select.returncode == 2 and "validation.parquet: missing" in select.stderr
