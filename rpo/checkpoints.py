@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from rpo.artifacts import atomic_dir
 
@@ -24,7 +23,11 @@ LORA = "pytorch_lora_weights.safetensors"
 LAMBDA_GRID = np.round(np.linspace(0.0, 1.0, 101), 2)
 
 
-def save(unet, out: Path, dtype=torch.float16) -> None:
+def save(unet, out: Path, dtype=None) -> None:
+    """Whole U-Nets in `dtype` (default fp16); LoRA weights in fp32 (they are small)."""
+    import torch
+
+    dtype = dtype or torch.float16
     with atomic_dir(out) as tmp:
         if getattr(unet, "peft_config", None):
             _save_lora(unet, tmp)
@@ -40,6 +43,7 @@ def _save_lora(unet, folder: Path) -> None:
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
+    import torch
 
     state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}

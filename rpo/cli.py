@@ -202,22 +202,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _quiet_libraries() -> None:
-    """Library progress bars and load reports drown the stage's own progress; keep warnings."""
+    """Library progress bars and load reports drown the stage's own progress; keep warnings.
+
+    Environment variables, read when the libraries are imported: importing them here would
+    cost the stages that never use them (labels, select) seconds of start-up.
+    """
+    import os
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)
-    for name in ("transformers", "diffusers"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    try:
-        from diffusers.utils import logging as dl
-        from transformers.utils import logging as tl
-
-        tl.disable_progress_bar()
-        dl.disable_progress_bar()
-        tl.set_verbosity_error()
-        dl.set_verbosity_error()
-    except ImportError:
-        pass
+    for var in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+        os.environ.setdefault(var, "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' bars follow this one
 
 
 if __name__ == "__main__":

@@ -28,7 +28,9 @@ def load_pipeline(base: str, device: torch.device, dtype: torch.dtype = torch.fl
     weights are never rounded through `dtype` first.
     """
     from diffusers import StableDiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
 
+    diffusers_logging.disable_progress_bar()  # "Loading pipeline components": noise beside the stage's own bars
     pipe = StableDiffusionPipeline.from_pretrained(
         resolve(base), use_safetensors=True, safety_checker=None, requires_safety_checker=False,
         feature_extractor=None, dtype={"unet": unet_dtype or dtype, "default": dtype},

@@ -1,18 +1,17 @@
 """The lambda-Harmonic reward of RPO (DESIGN.md section 1), on plain tensors.
 
 Embeddings are L2-normalised rows; every score is mapped from cosine [-1, 1] to [0, 1].
+Only tensor methods are used, so `harmonic` serves labels and selection without importing torch.
 """
 
 from __future__ import annotations
 
-import torch
 
-
-def _unit(cos: torch.Tensor) -> torch.Tensor:
+def _unit(cos):
     return (cos + 1.0) / 2.0
 
 
-def align_i(image_emb: torch.Tensor, ref_emb: torch.Tensor, leave_out: torch.Tensor | None = None) -> torch.Tensor:
+def align_i(image_emb, ref_emb, leave_out=None):
     """ALIGN-I(x) = mean_j (cos(f_V(x), f_V(x_j)) + 1) / 2 over the reference images.
 
     `leave_out[i]` is the index of the reference that image i *is* (or -1): a reference
@@ -21,15 +20,15 @@ def align_i(image_emb: torch.Tensor, ref_emb: torch.Tensor, leave_out: torch.Ten
     sims = _unit(image_emb @ ref_emb.T)  # (n_images, n_refs)
     if leave_out is None:
         return sims.mean(dim=1)
-    mask = torch.ones_like(sims, dtype=torch.bool)
-    rows = torch.nonzero(leave_out >= 0).flatten()
+    mask = sims.new_ones(sims.shape).bool()
+    rows = (leave_out >= 0).nonzero().flatten()
     mask[rows, leave_out[rows]] = False
     if (mask.sum(dim=1) == 0).any():
         raise ValueError("leave-one-out ALIGN-I needs at least two reference images")
     return (sims * mask).sum(dim=1) / mask.sum(dim=1)
 
 
-def align_t(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+def align_t(image_emb, text_emb):
     """ALIGN-T(x, c) = (cos(f_V(x), f_T(c without V)) + 1) / 2, row i against text i."""
     return _unit((image_emb * text_emb).sum(dim=-1))
 

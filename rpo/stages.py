@@ -1,7 +1,8 @@
 """The pipeline's stages: one pure function each, explicit inputs and outputs on disk (DESIGN.md section 2).
 
 Each stage checks its inputs (params, subject folder, upstream artifacts) before it loads a
-model, and writes every output atomically. Paths inside tables are relative to the project
+model, and writes every output atomically. torch and the model libraries are imported by the
+stages that run models only: labels and select start in a second. Paths inside tables are relative to the project
 root, so artifacts stay valid when a DVC remote restores them into another workspace.
 """
 
@@ -16,18 +17,15 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from rpo import artifacts as A
 from rpo import checkpoints
 from rpo.artifacts import atomic_dir
 from rpo.context import STAGES, Context, context  # noqa: F401  (re-exported for callers)
-from rpo.device import pick_dtype
 from rpo.images import center_square, load_rgb
 from rpo.preference import bt_probability, sample_labels
 from rpo.prompts import evaluation_prompts, instance_prompt, strip_token
 from rpo.reward import harmonic
-from rpo.world.judging import world_judge
 
 log = logging.getLogger("rpo")
 
@@ -36,7 +34,8 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _pipeline(ctx: Context, unet_dtype: torch.dtype | None = None):
+def _pipeline(ctx: Context, unet_dtype=None):
+    from rpo.device import pick_dtype
     from rpo.generate import load_pipeline
 
     device, model = ctx.device(), ctx.params["model"]
@@ -173,6 +172,9 @@ def _remove_finetune_outputs(ctx: Context) -> None:
 
 def finetune(ctx: Context) -> Path:
     """Train the U-Net with L = L_sim + L_pref; validate, score and checkpoint every `validate.every` steps."""
+    import torch
+
+    from rpo.device import pick_dtype
     from rpo.generate import PromptCache
     from rpo.scoring import RewardModel
     from rpo.train import TrainConfig, train
@@ -262,6 +264,7 @@ def evaluate(ctx: Context) -> Path:
     from rpo.generate import PromptCache
     from rpo.metrics import MetricModels
     from rpo.scoring import RewardModel
+    from rpo.world.judging import world_judge
 
     selection = A.read_json(ctx.paths.selection)
     ev, lam = ctx.params["evaluate"], ctx.params["validate"]["lambda_val"]

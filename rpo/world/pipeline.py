@@ -1,0 +1,57 @@
+"""Assembling the world's models into the directories the product loads like real ones.
+
+`world` is a diffusers StableDiffusionPipeline directory (same layout as Stable Diffusion);
+`world-clip` a transformers CLIP with its processor; `world-dino` a transformers ViT; all
+safetensors, half precision. `world-judges` is the world's own ground truth.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+MODELS = Path(__file__).resolve().parents[2] / "world" / "models"
+NAMES = ("world", "world-clip", "world-dino", "world-judges")
+
+
+def model_path(name: str) -> Path:
+    if name not in NAMES:
+        raise ValueError(f"unknown world model {name!r}; known: {', '.join(NAMES)}")
+    path = MODELS / name
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: missing; build it with `cd world && dvc repro` (or restore it from git)")
+    return path
+
+
+def stable_diffusion(unet, clip_dir: Path, vae_dir: Path):
+    """A StableDiffusionPipeline of the world's parts (in memory)."""
+    from diffusers import StableDiffusionPipeline
+
+    from rpo.world.pretrain_unet import scheduler, text_encoder, vae_from
+
+    te, tok = text_encoder(clip_dir)
+    pipe = StableDiffusionPipeline(vae=vae_from(vae_dir), text_encoder=te, tokenizer=tok, unet=unet,
+                                   scheduler=scheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def assemble(models: Path) -> None:
+    """The pipeline's remaining parts next to its trained VAE and U-Net: text encoder, tokenizer, scheduler."""
+    import tempfile
+
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(models / "world" / "unet", torch_dtype=torch.float32)
+    pipe = stable_diffusion(unet, models / "world-clip", models / "world" / "vae")
+    with tempfile.TemporaryDirectory(dir=models) as tmp:
+        pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
+        for part in ("text_encoder", "tokenizer", "scheduler", "model_index.json"):
+            target = models / "world" / part
+            if target.is_dir():
+                shutil.rmtree(target)
+            target.unlink(missing_ok=True)
+            shutil.move(Path(tmp) / part, target)
