@@ -36,6 +36,13 @@ FAST = {
     "evaluate.num_inference_steps": 2,
 }
 
+# Under pytest-xdist every worker (and the stage, DVC and Prefect processes it starts) gets one
+# thread per library: two workers with a thread pool each on two cores spin against each other
+# (a 4 s test took 76 s). Set before torch is first imported in this process.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+
 # DVC stage commands call `rpo`: make the venv's scripts visible to subprocesses.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
@@ -118,3 +125,16 @@ def pipeline_run(tmp_path_factory) -> Path:
     for name in stages.STAGES:
         stages.STAGE_FUNCTIONS[name](ctx)
     return root
+
+
+# The longest modules first: pytest-xdist (`-n auto --dist loadfile`, see pyproject.toml) hands files
+# out in collection order, so the Prefect cluster starts at once and the short files fill the other workers.
+LONGEST_FIRST = ("test_prefect.py", "test_dvc.py", "test_report.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: tests keep their order within a module
