@@ -125,11 +125,37 @@ def markdown(df: pd.DataFrame, summary: dict, base: dict | None, models: dict, l
             for s in df.itertuples()]
     lines += _table(["subject", "class", "group", "selected step", "training (s)", "references", "images per model",
                      "DINO", "CLIP-I", "CLIP-T", r, "figures"], rows)
+    lines += judges_section(df)
     lines += ["", "## Pictures", ""]
     for s, f in figures.items():
         lines += [f"### {s}", "", f"![{s}: references, base model, selected model]({f['grid']})", "",
                   f"![{s}: validation curve]({f['curve']})", ""]
     return "\n".join(lines)
+
+
+# the world's judges (evaluate.judges: world): exact verdicts per image, their rates per subject and model
+JUDGED = {"judge_subject": "subject", "judge_mark": "its mark", "judge_prompt": "prompt followed",
+          "judge_both": "subject and prompt", "judge_home": "home leaked"}
+
+
+def judges_section(df: pd.DataFrame) -> list[str]:
+    """Ground truth beside the metric analogues: rates over each model's images (n/a: no image applies)."""
+    if "judge_subject" not in df:
+        return []
+    rows = []
+    for s in df.itertuples():
+        base = getattr(s, "base", None)
+        models = [("selected", s._asdict())] + ([("base", base)] if isinstance(base, dict) else [])
+        rows += [[s.subject, name, *(_rate(m.get(k)) for k in JUDGED)] for name, m in models]
+    return ["", "## Ground truth (the world's judges)", "",
+            "Share of generated images in which the judges, classifiers trained on rendered scenes, see the subject "
+            "(shape, colour, pattern, mark, class noun), its mark alone, everything the prompt asks for, both at "
+            "once, and the subject's home background in a prompt that asks for another context.", "",
+            *_table(["subject", "model", *JUDGED.values()], rows)]
+
+
+def _rate(value) -> str:
+    return "n/a" if value is None or value != value else f"{value:.2f}"
 
 
 def _records(df: pd.DataFrame) -> list[dict]:

@@ -39,8 +39,8 @@ def _pipeline(ctx: Context, unet_dtype=None):
     from rpo.generate import load_pipeline
 
     device, model = ctx.device(), ctx.params["model"]
-    return load_pipeline(model["base"], device, pick_dtype(model["dtype"], device), unet_dtype=unet_dtype,
-                         attention=model["attention"])
+    dtype = pick_dtype(model["dtype"], device, cpu_half=True)
+    return load_pipeline(model["base"], device, dtype, unet_dtype=unet_dtype, attention=model["attention"])
 
 
 def _seeded_jobs(prompts: list[str], per_prompt: int, seed: int):
@@ -212,8 +212,8 @@ def finetune(ctx: Context) -> Path:
         log.info("validation step %d: ALIGN-I %.4f, ALIGN-T %.4f", step, float(ai.mean()), float(at.mean()))
 
     start = time.perf_counter()
-    train(pipe, data, cfg, device=device, ref_dtype=pick_dtype(ctx.params["model"]["dtype"], device),
-          on_validate=on_validate, on_log=log_rows.append)
+    ref_dtype = pick_dtype(ctx.params["model"]["dtype"], device, cpu_half=True)
+    train(pipe, data, cfg, device=device, ref_dtype=ref_dtype, on_validate=on_validate, on_log=log_rows.append)
     with A.atomic_file(ctx.paths.train_log) as tmp:
         pd.DataFrame(log_rows).to_csv(tmp, index=False)
     A.write_json({"config": vars(cfg), "seconds": time.perf_counter() - start, "device": str(device),

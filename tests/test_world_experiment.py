@@ -7,6 +7,8 @@ import json
 import pandas as pd
 import pytest
 
+from rpo import params as P
+from rpo import report as product_report
 from rpo.world.experiment import arms, experiment
 
 
@@ -32,3 +34,12 @@ def test_experiment_reports_every_arm_with_judges(tmp_path):
     text = md.read_text()
     assert "| RPO beta=1, early stopping lambda_val=0.3 | 1 |" in text and "judge_subject" in text
     assert (tmp_path / "runs" / "striped_star_toy_seed0" / "eval" / "striped_star_toy" / "judges.parquet").exists()
+
+    # the product's report on that run shows the judges' rates beside the metrics
+    run = tmp_path / "runs" / "striped_star_toy_seed0"
+    metrics = json.loads((run / "metrics" / "striped_star_toy.json").read_text())
+    params = P.apply_overrides(json.loads((run / "rows.json").read_text())["params"],
+                               {"subjects": ["striped_star_toy"], "validate.lambda_val": metrics["lambda_val"]})
+    shown = product_report.report(run, params).read_text()
+    rates = " | ".join(f"{metrics[k]:.2f}" for k in ("judge_subject", "judge_mark", "judge_prompt", "judge_both"))
+    assert f"| striped_star_toy | selected | {rates} |" in shown
