@@ -1,7 +1,8 @@
 """Wall time through the Prefect deployments on this machine: one subject, and a three-subject batch on one
 worker against two. Each measurement gets a fresh DVC remote and fresh workspaces, so nothing is restored.
 
-    uv run python bench/prefect_batch.py                   # params.yaml as it is (the tiny default)
+    uv run python bench/prefect_batch.py                   # the tiny preset at its full counts
+    uv run python bench/prefect_batch.py --preset world    # the embedded default's world models
     uv run python bench/prefect_batch.py --fast            # the tests' FAST counts: same machinery, less time
     uv run python bench/prefect_batch.py --subject-only    # one subject only
 
@@ -22,6 +23,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from conftest import FAST, add_dreambench, copy_project, git_init  # noqa: E402
 from prefect_stack import PrefectStack  # noqa: E402
+
+from rpo import presets  # noqa: E402
 
 BUNDLED = "duck_toy"
 
@@ -47,12 +50,13 @@ def phase(stack: PrefectStack, tmp: Path, name: str, workers: int) -> tuple[Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subjects", nargs=3, default=["red_cartoon", "cat", "dog6"], help="DreamBench subjects")
-    parser.add_argument("--fast", action="store_true", help="the tests' FAST params instead of params.yaml")
+    parser.add_argument("--preset", default="tiny", choices=["tiny", "world"], help="models and counts to run")
+    parser.add_argument("--fast", action="store_true", help="the tests' FAST params (tiny models, small counts)")
     parser.add_argument("--subject-only", action="store_true", help="time one subject, no batch")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rpo-prefect-bench-") as tmp:
         tmp = Path(tmp)
-        project = copy_project(tmp / "project", FAST if args.fast else None)
+        project = copy_project(tmp / "project", FAST if args.fast else presets.load(args.preset))
         add_dreambench(project, args.subjects)
         git_init(project)
         stack = PrefectStack(tmp / "prefect")
@@ -72,7 +76,7 @@ def main() -> None:
                     stack.stop(worker)
         finally:
             stack.close()
-    print(f"params: {'FAST (tests)' if args.fast else 'params.yaml (tiny default)'}; subjects {', '.join(args.subjects)}")
+    print(f"params: {'FAST (tests)' if args.fast else f'preset {args.preset}'}; subjects {', '.join(args.subjects)}")
     for what, seconds in times.items():
         print(f"{what:28s} {seconds:8.1f} s")
     if not args.subject_only:

@@ -2,8 +2,9 @@
 
 Each stage checks its inputs (params, subject folder, upstream artifacts) before it loads a
 model, and writes every output atomically. torch and the model libraries are imported by the
-stages that run models only: labels and select start in a second. Paths inside tables are relative to the project
-root, so artifacts stay valid when a DVC remote restores them into another workspace.
+stages that run models only: labels and select start in a second. Paths inside tables are
+relative to the project root, so artifacts stay valid when a DVC remote restores them into
+another workspace.
 """
 
 from __future__ import annotations
