@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("check", help="validate params.yaml and the subjects, without loading models").set_defaults(func=cmd_check)
 
     p = sub.add_parser("preset", help="switch params.yaml to a preset (paper: SD 2.1, ALIGN, 512 px, 400 steps)")
-    p.add_argument("name", help="paper or tiny")
+    p.add_argument("name", help="paper, tiny or world (rpo/presets/*.yaml)")
     p.set_defaults(func=cmd_preset)
 
     subjects = sub.add_parser("subjects", help="manage subjects").add_subparsers(dest="subcommand", required=True)

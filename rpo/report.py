@@ -81,7 +81,7 @@ def _models_text(models: dict) -> str:
 
 
 def _cell(stat, digits: int = 3) -> str:
-    if stat is None:
+    if stat is None or stat != stat:  # None or NaN: nothing measured
         return "n/a"
     return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}" if isinstance(stat, dict) else f"{stat:.{digits}f}"
 
@@ -146,16 +146,12 @@ def judges_section(df: pd.DataFrame) -> list[str]:
     for s in df.itertuples():
         base = getattr(s, "base", None)
         models = [("selected", s._asdict())] + ([("base", base)] if isinstance(base, dict) else [])
-        rows += [[s.subject, name, *(_rate(m.get(k)) for k in JUDGED)] for name, m in models]
+        rows += [[s.subject, name, *(_cell(m.get(k), 2) for k in JUDGED)] for name, m in models]
     return ["", "## Ground truth (the world's judges)", "",
             "Share of generated images in which the judges, classifiers trained on rendered scenes, see the subject "
             "(shape, colour, pattern, mark, class noun), its mark alone, everything the prompt asks for, both at "
             "once, and the subject's home background in a prompt that asks for another context.", "",
             *_table(["subject", "model", *JUDGED.values()], rows)]
-
-
-def _rate(value) -> str:
-    return "n/a" if value is None or value != value else f"{value:.2f}"
 
 
 def _records(df: pd.DataFrame) -> list[dict]:
