@@ -15,9 +15,11 @@ from rpo.world.experiment import arms, experiment
 def test_arms_share_training_runs():
     a = arms([0.3, 0.5, 0.7], [1.0])
     assert [x["arm"] for x in a] == [
-        "L_sim (beta=0)", "RPO beta=1, no early stopping", "RPO beta=1, early stopping lambda_val=0.3",
+        "L_sim (beta=0), no early stopping", "L_sim (beta=0), early stopping lambda_val=0.3",
+        "L_sim (beta=0), early stopping lambda_val=0.5", "L_sim (beta=0), early stopping lambda_val=0.7",
+        "RPO beta=1, no early stopping", "RPO beta=1, early stopping lambda_val=0.3",
         "RPO beta=1, early stopping lambda_val=0.5", "RPO beta=1, early stopping lambda_val=0.7"]
-    assert sorted({x["beta"] for x in a}) == [0.0, 1.0]  # two training runs serve five arms
+    assert sorted({x["beta"] for x in a}) == [0.0, 1.0]  # two training runs serve eight arms
 
 
 @pytest.mark.slow
@@ -25,8 +27,8 @@ def test_experiment_reports_every_arm_with_judges(tmp_path):
     md = experiment(tmp_path, ["striped_star_toy"], [0], [0.3], [1.0], quick=True)
     report = json.loads((tmp_path / "experiment.json").read_text())
     runs = pd.DataFrame(report["runs"])
-    assert list(runs["arm"]) == ["base", "L_sim (beta=0)", "RPO beta=1, no early stopping",
-                                 "RPO beta=1, early stopping lambda_val=0.3"]
+    assert list(runs["arm"]) == ["base", "L_sim (beta=0), no early stopping", "L_sim (beta=0), early stopping lambda_val=0.3",
+                                 "RPO beta=1, no early stopping", "RPO beta=1, early stopping lambda_val=0.3"]
     for col in ("judge_subject", "judge_prompt", "judge_context", "dino", "clip_i", "clip_t"):
         assert runs[col].between(-1, 1).all(), col
     assert runs.loc[runs["arm"] == "base", "judge_subject"].item() <= 0.5  # the base model cannot draw the subject

@@ -76,13 +76,14 @@ def test_reward_and_metric_encoders_load_as_real_ones_do():
     assert dino.embed_images(pil).shape[0] == 8
 
 
-# Measured on the committed model (48 samples, seeds 11 / 12, 20 DDIM steps, guidance 7.5): context 1.00 / 1.00,
-# colour 0.79 / 0.88, shape 0.42 / 0.50 (chance 0.20), noun 0.98 / 0.96, pattern 0.27 / 0.42 (chance 0.25).
-# Colour falls short of the 0.9 the issue asked for (world/README.md says so); the floors sit below the measurement.
-FLOORS = {"sample_context": 0.9, "sample_colour": 0.7, "sample_shape": 0.35, "sample_noun": 0.9}
+# Measured on the committed model at the world preset's guidance 4 (20 DDIM steps, 128 prompts per seed): seeds
+# 11 / 12 / 21 / 22: colour 0.898 / 0.891 / 0.93 (21 and 22 together), 0.910 over all 512 (the issue asks 0.9; at
+# Stable Diffusion's 7.5 it is 0.86); context 1.00, noun 0.98 to 1.00, shape 0.44 to 0.51 (chance 0.20), pattern 0.35
+# to 0.43 (chance 0.25). 128 samples carry a standard error of 0.025 on colour: the floors sit about two below.
+FLOORS = {"sample_context": 0.95, "sample_colour": 0.85, "sample_shape": 0.35, "sample_noun": 0.9}
 
 
 def test_base_model_draws_what_prompts_say(pipe, judges):
     """Judged samples of full-caption prompts: context, colour, noun as asked; shape far above chance."""
-    acc = prompt_following(pipe, judges, n=48, seed=11, steps=20)
+    acc = prompt_following(pipe, judges, n=128, seed=11, steps=20)
     assert all(acc[k] >= floor for k, floor in FLOORS.items()), acc

@@ -1,7 +1,7 @@
 """RPO measured in the world: `python -m rpo.world.experiment` (one command, Markdown + JSON report).
 
-On every world subject and seed, with the product's own stage functions: the base model,
-pure L_sim (beta = 0, last step), RPO without early stopping (last step) and RPO with
+On every world subject and seed, with the product's own stage functions: the base model, and
+pure L_sim (beta = 0) and RPO at each beta, each without early stopping (last step) and with
 lambda-Harmonic early stopping at each lambda_val. One training run per (subject, beta, seed)
 serves every selection rule, since selection only re-reads the recorded validation scores
 (DESIGN.md section 1). Evaluation prompts are DreamBench's, none of which is a training
@@ -37,10 +37,14 @@ QUICK = {"prior.images_per_prompt": 1, "prior.num_inference_steps": 2, "train.ma
 
 
 def arms(lambdas: list[float], betas: list[float]) -> list[dict]:
-    """(name, beta, early stopping, lambda_val) of every compared model except the base."""
-    out = [{"arm": "L_sim (beta=0)", "beta": 0.0, "early_stopping": False, "lambda_val": lambdas[0]}]
-    for beta in betas:
-        tag = f"RPO beta={beta:g}"
+    """(name, beta, early stopping, lambda_val) of every compared model except the base.
+
+    beta = 0 (pure L_sim) runs with and without early stopping too, so the table separates what
+    the preference term does from what early stopping does (the paper's Table 2 ablation).
+    """
+    out = []
+    for beta in [0.0, *betas]:
+        tag = "L_sim (beta=0)" if beta == 0 else f"RPO beta={beta:g}"
         out.append({"arm": f"{tag}, no early stopping", "beta": beta, "early_stopping": False, "lambda_val": lambdas[0]})
         out += [{"arm": f"{tag}, early stopping lambda_val={lam:g}", "beta": beta, "early_stopping": True,
                  "lambda_val": lam} for lam in lambdas]
