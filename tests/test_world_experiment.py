@@ -45,3 +45,17 @@ def test_experiment_reports_every_arm_with_judges(tmp_path):
     shown = product_report.report(run, params).read_text()
     rates = " | ".join(f"{metrics[k]:.2f}" for k in ("judge_subject", "judge_mark", "judge_prompt", "judge_both"))
     assert f"| striped_star_toy | selected | {rates} |" in shown
+
+    # a second process sharing the folder finished another subject: rerunning reuses this subject's
+    # run (nothing retrains) and the report takes in the other one's rows too
+    other = tmp_path / "runs" / "dotted_cross_toy_seed0"
+    other.mkdir()
+    stored = json.loads((run / "rows.json").read_text())
+    stored["rows"] = [{**r, "subject": "dotted_cross_toy"} for r in stored["rows"]]
+    (other / "rows.json").write_text(json.dumps(stored))
+    before = (run / "rows.json").stat().st_mtime_ns
+    experiment(tmp_path, ["striped_star_toy"], [0], [0.3], [1.0], quick=True)
+    report = json.loads((tmp_path / "experiment.json").read_text())
+    assert sorted({r["subject"] for r in report["runs"]}) == ["dotted_cross_toy", "striped_star_toy"]
+    assert report["settings"]["subjects"] == ["dotted_cross_toy", "striped_star_toy"]
+    assert (run / "rows.json").stat().st_mtime_ns == before

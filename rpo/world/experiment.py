@@ -84,18 +84,25 @@ def run_subject(root: Path, base_params: dict, subject, seed: int, arm_list: lis
     return rows
 
 
+def _finished(root: Path, base: dict, arm_list: list[dict]) -> list[dict] | None:
+    """The rows of a run already finished with these arms and parameters, else None."""
+    done = root / "rows.json"
+    if not done.exists():
+        return None
+    stored = json.loads(done.read_text())
+    same = stored["arms"] == arm_list and _run_params(stored["params"]) == _run_params(base)
+    return stored["rows"] if same else None
+
+
 def _run_once(root: Path, base: dict, subject, seed: int, arm_list: list[dict]) -> list[dict]:
-    """A finished run's rows are reused: an interrupted experiment resumes, and several processes
-    can share one output folder, each running some subjects, the last one reporting on all."""
-    done, key = root / "rows.json", {"arms": arm_list, "params": _run_params(base)}
-    if done.exists():
-        stored = json.loads(done.read_text())
-        if stored["arms"] == arm_list and _run_params(stored["params"]) == key["params"]:
-            return stored["rows"]
+    """A finished run's rows are reused, so an interrupted experiment resumes where it stopped."""
+    rows = _finished(root, base, arm_list)
+    if rows is not None:
+        return rows
     shutil.rmtree(root, ignore_errors=True)
     log.info("== %s, seed %d ==", subject.name, seed)
     rows = run_subject(root, base, subject, seed, arm_list)
-    write_json({**key, "rows": rows}, done)
+    write_json({"arms": arm_list, "params": _run_params(base), "rows": rows}, root / "rows.json")
     return rows
 
 
@@ -168,9 +175,14 @@ def experiment(out: Path, subjects: list[str], seeds: list[int], lambdas: list[f
     for seed in seeds:  # every subject once before any twice: an interrupted experiment still spans subjects
         for subject in chosen:
             rows += _run_once(out / "runs" / f"{subject.name}_seed{seed}", base, subject, seed, arm_list)
+    # Several processes may share `out`, each running some subjects: each report also takes in the
+    # other subjects' finished runs, so the last process to finish reports on all of them.
+    for seed in seeds:
+        for subject in (s for s in SUBJECTS if s not in chosen):
+            rows += _finished(out / "runs" / f"{subject.name}_seed{seed}", base, arm_list) or []
     df = pd.DataFrame(rows)
     summary = summarise(df)
-    settings = {"subjects": [s.name for s in chosen], "seeds": seeds, "lambdas": lambdas, "betas": betas,
+    settings = {"subjects": sorted(map(str, df["subject"].unique())), "seeds": seeds, "lambdas": lambdas, "betas": betas,
                 "quick": quick, "params": base, "seconds": round(time.perf_counter() - start)}
     write_json({"runs": df.to_dict(orient="records"), "summary": summary.reset_index().to_dict(orient="records"),
                 "settings": settings}, out / "experiment.json")
