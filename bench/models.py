@@ -13,19 +13,18 @@ speed and memory depend on the architecture, not on the values of the weights.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 
 from rpo.artifacts import atomic_dir
-from rpo.tiny import _clip_tokenizer
+from rpo.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from rpo.tiny import cache_root, clip_tokenizer
 
 CONFIGS = Path(__file__).parent / "sd21"
 WIDTHS = ("block_out_channels", "cross_attention_dim", "hidden_size", "intermediate_size", "projection_dim",
           "norm_num_groups")
-IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 VERSION = "v1"  # bump when a builder or a configuration changes
 
 
@@ -43,7 +42,7 @@ def narrow(cfg: dict, divisor: int) -> dict:
 
 def build(divisor: int = 1, device: str = "cpu") -> dict[str, str]:
     """Directories of the base pipeline, reward, DINO and CLIP models (built once into the cache)."""
-    root = Path(os.environ.get("RPO_CACHE", Path.home() / ".cache" / "rpo")) / "bench" / VERSION / f"w{divisor}"
+    root = cache_root() / "bench" / VERSION / f"w{divisor}"
     builders = {"base": _build_sd21, "clip": _build_clip, "dino": _build_dino}
     for name, builder in builders.items():
         out = root / name
@@ -59,7 +58,7 @@ def _build_sd21(out: Path, divisor: int) -> None:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    tokenizer, src = _clip_tokenizer(out)
+    tokenizer, src = clip_tokenizer(out)
     pipe = StableDiffusionPipeline(
         vae=AutoencoderKL.from_config(config("vae", divisor)),
         text_encoder=CLIPTextModel(CLIPTextConfig.from_dict(config("text_encoder", divisor))),
@@ -75,7 +74,7 @@ def _build_clip(out: Path, divisor: int) -> None:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
     CLIPModel(CLIPConfig(**config("reward_clip_vit_b16", divisor))).save_pretrained(out, safe_serialization=True)
-    tokenizer, src = _clip_tokenizer(out)
+    tokenizer, src = clip_tokenizer(out)
     images = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
     CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(out)
     shutil.rmtree(src)
@@ -86,4 +85,4 @@ def _build_dino(out: Path, divisor: int) -> None:
 
     ViTModel(ViTConfig(**config("dino_vits16", divisor)), add_pooling_layer=False).save_pretrained(
         out, safe_serialization=True)
-    ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=IMAGENET[0], image_std=IMAGENET[1]).save_pretrained(out)
+    ViTImageProcessor(size={"height": 224, "width": 224}, image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)).save_pretrained(out)

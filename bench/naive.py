@@ -22,12 +22,16 @@ import torch
 from torchvision import transforms
 
 from rpo import artifacts as A
-from rpo.encoders import HFImageEncoder, dual_encoder, resolve
+from rpo.device import pick_device
+from rpo.dreambench import evaluation_prompts
+from rpo.encoders import HFImageEncoder, dual_encoder
+from rpo.generate import seeded_jobs
 from rpo.images import load_rgb
-from rpo.prompts import evaluation_prompts, instance_prompt, strip_token
+from rpo.prompts import instance_prompt, strip_token, subject_training_prompts
+from rpo.registry import model_path
 from rpo.reward import harmonic
-from rpo.stages import _seeded_jobs, labels
-from rpo.train import TrainConfig, _training_scheduler, rpo_step_losses, validation_steps
+from rpo.stages import labels
+from rpo.train import rpo_step_losses, training_scheduler, validation_steps
 
 ALL_AT_ONCE = 10**6  # the official code hands every image to the processor in one call
 
@@ -37,16 +41,16 @@ def pipeline(ctx, path: str | None = None):
 
     torch.backends.cuda.matmul.allow_tf32 = False  # the official default (--allow_tf32 is off)
     pipe = StableDiffusionPipeline.from_pretrained(
-        path or resolve(ctx.params["model"]["base"]), use_safetensors=True, safety_checker=None,
+        path or model_path(ctx.cfg.model.base), use_safetensors=True, safety_checker=None,
         requires_safety_checker=False, feature_extractor=None, dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(ctx.device())
+    return pipe.to(pick_device(ctx.cfg.device))
 
 
-def one_by_one(pipe, jobs, cfg: dict, resolution: int) -> list:
+def one_by_one(pipe, jobs, cfg, resolution: int) -> list:
     """One pipeline call per image, as the official prior, validation and evaluation loops."""
-    return [pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed), num_inference_steps=cfg["num_inference_steps"],
-                 guidance_scale=cfg["guidance_scale"], height=resolution, width=resolution).images[0]
+    return [pipe(prompt, generator=torch.Generator("cpu").manual_seed(seed), num_inference_steps=cfg.num_inference_steps,
+                 guidance_scale=cfg.guidance_scale, height=resolution, width=resolution).images[0]
             for _, _, prompt, seed in jobs]
 
 
@@ -54,8 +58,8 @@ class NaiveReward:
     """The official RewardModel (rtype "mix"): nothing is kept between calls but the model itself."""
 
     def __init__(self, ctx):
-        cfg = ctx.params["reward"]
-        self.encoder = dual_encoder(cfg["backend"], cfg["model"], ctx.device())
+        cfg = ctx.cfg.reward
+        self.encoder = dual_encoder(cfg.backend, cfg.model, pick_device(ctx.cfg.device))
         self.encoder.batch_size = ALL_AT_ONCE
         self.refs, self.token = ctx.subject.load_images(), ctx.token
 
@@ -79,8 +83,8 @@ def _by_prompt(jobs, images):
 
 
 def prior(ctx) -> None:
-    cfg = ctx.params["prior"]
-    jobs = _seeded_jobs(ctx.train_prompts(), cfg["images_per_prompt"], ctx.params["seed"])
+    cfg = ctx.cfg.prior
+    jobs = seeded_jobs(subject_training_prompts(ctx), cfg.images_per_prompt, ctx.cfg.seed)
     images = one_by_one(pipeline(ctx), jobs, cfg, ctx.resolution)
     out = ctx.paths.prior_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -98,10 +102,10 @@ def score(ctx) -> None:
     (The official call holds one reference; ours needs every reference's score, so all of them go in.)
     """
     manifest = A.read_table(ctx.paths.prior_manifest, A.PRIOR_MANIFEST).to_pandas()
-    reward, lam = NaiveReward(ctx), ctx.params["reward"]["lambda_train"]
+    reward, lam = NaiveReward(ctx), ctx.cfg.reward.lambda_train
     refs = [ctx.rel(p) for p in ctx.subject.images]
     rows = []
-    for pi, prompt in enumerate(ctx.train_prompts()):
+    for pi, prompt in enumerate(subject_training_prompts(ctx)):
         mine = manifest[manifest["prompt_index"] == pi]
         ai, at = reward.scores(ctx.subject.load_images() + [load_rgb(ctx.root / p) for p in mine["path"]], prompt)
         kinds = [("ref", r) for r in refs] + [("gen", p) for p in mine["path"]]
@@ -114,23 +118,23 @@ def score(ctx) -> None:
 def finetune(ctx) -> None:
     from diffusers import UNet2DConditionModel
 
-    cfg, vcfg, device = TrainConfig.from_params(ctx.params), ctx.params["validate"], ctx.device()
+    cfg, vcfg, device = ctx.cfg.train, ctx.cfg.validate, pick_device(ctx.cfg.device)
     pipe = pipeline(ctx)
     unet = pipe.unet.train().requires_grad_(True)
     for frozen in (pipe.vae, pipe.text_encoder):
         frozen.requires_grad_(False)
-    ref_unet = UNet2DConditionModel.from_pretrained(resolve(ctx.params["model"]["base"]), subfolder="unet",
+    ref_unet = UNet2DConditionModel.from_pretrained(model_path(ctx.cfg.model.base), subfolder="unet",
                                                     use_safetensors=True).to(device).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                             weight_decay=cfg.weight_decay)
     table = A.read_table(ctx.paths.labels, A.LABELS).to_pandas()
     pairs = table[table["draw"] == 0].sort_values("pair_id").reset_index(drop=True)
-    scheduler, generator = _training_scheduler(pipe), torch.Generator("cpu").manual_seed(cfg.seed)
-    order = np.random.default_rng(cfg.seed).permutation(len(pairs))
+    scheduler, generator = training_scheduler(pipe), torch.Generator("cpu").manual_seed(ctx.cfg.seed)
+    order = np.random.default_rng(ctx.cfg.seed).permutation(len(pairs))
     to_tensor = transforms.Compose([transforms.Resize(ctx.resolution), transforms.CenterCrop(ctx.resolution),
                                     transforms.ToTensor(), transforms.Normalize([0.5], [0.5])])
     c_inst = instance_prompt(ctx.token, ctx.subject.class_noun)
-    checks, best = set(validation_steps(cfg)), None
+    checks, best = set(validation_steps(cfg.max_steps, vcfg.every)), None
     for step in range(1, cfg.max_steps + 1):
         pair = pairs.iloc[order[(step - 1) % len(pairs)]]
         pixels = torch.stack([to_tensor(load_rgb(ctx.root / pair["ref_image"])),
@@ -156,9 +160,9 @@ def finetune(ctx) -> None:
             unet.train()
 
 
-def _validate(ctx, pipe, vcfg: dict, step: int) -> float:
+def _validate(ctx, pipe, vcfg, step: int) -> float:
     pipe.unet.eval()
-    jobs = _seeded_jobs(ctx.train_prompts(), vcfg["images_per_prompt"], ctx.params["seed"] + 1)
+    jobs = seeded_jobs(subject_training_prompts(ctx), vcfg.images_per_prompt, ctx.cfg.seed + 1)
     reward = NaiveReward(ctx)  # reloaded at every validation
     folder = ctx.paths.model_dir / "validation" / f"step_{step:05d}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -168,29 +172,29 @@ def _validate(ctx, pipe, vcfg: dict, step: int) -> float:
             for i, im in enumerate(images):
                 im.save(folder / f"{len(rewards)}_{i}.png")
             ai, at = reward.scores(images, prompt)
-            rewards.append(float(harmonic(ai, at, vcfg["lambda_val"]).mean()))
+            rewards.append(float(harmonic(ai, at, vcfg.lambda_val).mean()))
     return float(np.mean(rewards))
 
 
 def evaluate(ctx) -> None:
     """rpo_sd.py `evaluation`: per prompt, images one at a time, then DINO, CLIP-I, CLIP-T each loading its model."""
-    ev = ctx.params["evaluate"]
+    ev = ctx.cfg.evaluate
     pipe = pipeline(ctx, str(ctx.paths.model_dir / "best"))
     prompts = evaluation_prompts(ctx.token, ctx.subject.class_noun, ctx.subject.live)
-    jobs = _seeded_jobs(prompts, ev["images_per_prompt"], ctx.params["seed"] + 2)
-    reward, refs, device = NaiveReward(ctx), ctx.subject.load_images(), ctx.device()
+    jobs = seeded_jobs(prompts, ev.images_per_prompt, ctx.cfg.seed + 2)
+    reward, refs, device = NaiveReward(ctx), ctx.subject.load_images(), pick_device(ctx.cfg.device)
     out = ctx.paths.eval_dir
     out.mkdir(parents=True, exist_ok=True)
     scores = []
     with torch.no_grad():
         for k, (prompt, images) in enumerate(_by_prompt(jobs, one_by_one(pipe, jobs, ev, ctx.resolution)).items()):
             text = strip_token(prompt, ctx.token)
-            dino = _subject_similarity(HFImageEncoder(ev["dino"], device), refs, images)
-            clip_i = _subject_similarity(dual_encoder(ev["clip_backend"], ev["clip"], device), refs, images)
-            clip = dual_encoder(ev["clip_backend"], ev["clip"], device)
+            dino = _subject_similarity(HFImageEncoder(ev.dino, device), refs, images)
+            clip_i = _subject_similarity(dual_encoder(ev.clip_backend, ev.clip, device), refs, images)
+            clip = dual_encoder(ev.clip_backend, ev.clip, device)
             clip_t = (clip.embed_images(images) * clip.embed_texts([text] * len(images))).sum(-1).mean()
             ai, at = reward.scores(images, prompt)
-            reward_mean = harmonic(ai, at, ctx.params["validate"]["lambda_val"]).mean()
+            reward_mean = harmonic(ai, at, ctx.cfg.validate.lambda_val).mean()
             scores.append([float(dino), float(clip_i), float(clip_t), float(reward_mean)])
             for i, im in enumerate(images):
                 im.save(out / f"p{k:02d}_{i:03d}.png")
@@ -202,4 +206,4 @@ def _subject_similarity(encoder, refs, images) -> float:
     return float(torch.stack([_first_to_rest(encoder.embed_images([r] + images)) for r in refs]).mean())
 
 
-STAGE_FUNCTIONS = {"prior": prior, "score": score, "labels": labels, "finetune": finetune, "evaluate": evaluate}
+STAGE_FUNCTIONS = {"prior": prior, "score": score, "labels": labels.run, "finetune": finetune, "evaluate": evaluate}

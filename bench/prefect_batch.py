@@ -1,10 +1,10 @@
 """Wall time through the Prefect deployments on this machine: one subject, and a three-subject batch on one
 worker against two. Each measurement gets a fresh DVC remote and fresh workspaces, so nothing is restored.
 
-    uv run python bench/prefect_batch.py                   # the tiny preset at its full counts
-    uv run python bench/prefect_batch.py --preset world    # the embedded default's world models
-    uv run python bench/prefect_batch.py --fast            # the tests' FAST counts: same machinery, less time
-    uv run python bench/prefect_batch.py --subject-only    # one subject only
+    uv run python -m bench.prefect_batch                   # the tiny preset at its full counts
+    uv run python -m bench.prefect_batch --preset world    # the embedded default's world models
+    uv run python -m bench.prefect_batch --fast            # the tests' small counts: same machinery, less time
+    uv run python -m bench.prefect_batch --subject-only    # one subject only
 
 Times are from `prefect deployment run ... --watch` starting to its return, scheduling included.
 """
@@ -14,18 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+from bench.prefect_stack import PrefectStack
+from bench.project import SMALL, copy_project, git_init
+from rpo import presets
+from rpo.importer import add_dreambench
 
-from conftest import FAST, add_dreambench, copy_project, git_init  # noqa: E402
-from prefect_stack import PrefectStack  # noqa: E402
-
-from rpo import presets  # noqa: E402
+DREAMBENCH = Path(__file__).resolve().parents[2] / "shared" / "dreambench"  # beside the project in development
 
 BUNDLED = "duck_toy"
 
@@ -60,11 +58,13 @@ def main() -> None:
     parser.add_argument("--preset", default="tiny", choices=["tiny", "world"], help="models and counts to run")
     parser.add_argument("--fast", action="store_true", help="the tests' FAST params (tiny models, small counts)")
     parser.add_argument("--subject-only", action="store_true", help="time one subject, no batch")
+    parser.add_argument("--dreambench", default=str(DREAMBENCH), help="the DreamBench `dataset` folder")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rpo-prefect-bench-") as tmp:
         tmp = Path(tmp)
-        project = copy_project(tmp / "project", FAST if args.fast else presets.load(args.preset))
-        add_dreambench(project, args.subjects)
+        project = copy_project(tmp / "project", {**presets.load("tiny"), **SMALL} if args.fast
+                               else presets.load(args.preset))
+        add_dreambench(Path(args.dreambench), project / "data" / "subjects", args.subjects)
         git_init(project)
         stack = PrefectStack(tmp / "prefect")
         times = {}

@@ -41,14 +41,14 @@ def counts(fraction: float) -> dict:
     }
 
 
-def units(stage: str, params: dict, n_refs: int) -> int:
-    """Work done by a stage at these params, in UNIT[stage]: what the linear extrapolation scales."""
-    prior = N_TRAIN_PROMPTS * params["prior"]["images_per_prompt"]
-    return {"prior": prior, "score": n_refs + prior, "labels": prior, "finetune": params["train"]["max_steps"],
-            "select": 1, "evaluate": N_EVAL_PROMPTS * params["evaluate"]["images_per_prompt"]}[stage]
+def units(stage: str, cfg, n_refs: int) -> int:
+    """Work done by a stage at this config, in UNIT[stage]: what the linear extrapolation scales."""
+    prior = N_TRAIN_PROMPTS * cfg.prior.images_per_prompt
+    return {"prior": prior, "score": n_refs + prior, "labels": prior, "finetune": cfg.train.max_steps,
+            "select": 1, "evaluate": N_EVAL_PROMPTS * cfg.evaluate.images_per_prompt}[stage]
 
 
-def bench_params(args, models: dict, fraction: float) -> dict:
+def bench_config(args, models: dict, fraction: float):
     from rpo import params as P
     from rpo import presets
 
@@ -59,15 +59,16 @@ def bench_params(args, models: dict, fraction: float) -> dict:
                           "evaluate.dino": models["dino"], "evaluate.clip": models["clip"],
                           "evaluate.clip_backend": "transformers"})
     overrides.update(P.parse_override(o) for o in args.set or [])
-    return P.validate(P.apply_overrides(P.load(REPO / "params.yaml"), overrides), "bench parameters")
+    return P.load_config(REPO / "params.yaml", overrides)
 
 
-def workspace(root: Path, subject: str, params: dict):
+def workspace(root: Path, subject: str, cfg):
     """A project folder holding only the subject: every stage writes under it."""
-    from rpo import stages
+    from rpo.context import context
 
     shutil.copytree(REPO / "data" / "subjects" / subject, root / "data" / "subjects" / subject)
-    return stages.context(root, params, subject)
+    (root / ".dvc").mkdir()  # a project: temporaries of atomic writes go to its .rpo/tmp
+    return context(root, cfg, subject)
 
 
 class Meter:
@@ -115,16 +116,16 @@ class Meter:
 
 def warm_up(ctx) -> None:
     """Imports, lazy initialisation and first kernel choices are paid once per process, before any timing."""
-    from rpo import stages
-    from rpo.generate import generate
+    from rpo.device import pick_device
+    from rpo.generate import generate, stage_pipeline
     from rpo.metrics import MetricModels
     from rpo.scoring import RewardModel
 
-    pipe = stages._pipeline(ctx)
+    device = pick_device(ctx.cfg.device)
+    pipe = stage_pipeline(ctx.cfg.model, device)
     image = generate(pipe, ["a photo"], [0], steps=1, guidance=7.5, resolution=ctx.resolution, batch_size=1)
-    rcfg = ctx.params["reward"]
-    RewardModel(rcfg["backend"], rcfg["model"], image, ctx.token, ctx.device()).score(image, ["a photo"])
-    MetricModels(ctx.params["evaluate"], ctx.device()).reference(image)
+    RewardModel.of(ctx.cfg.reward, image, ctx.token, device).score(image, ["a photo"])
+    MetricModels(ctx.cfg.evaluate, device).reference(image)
 
 
 def run(args) -> dict:
@@ -141,24 +142,25 @@ def run(args) -> dict:
 
         models = build(args.divisor, "cuda" if device.type == "cuda" else "cpu")
     else:
-        from rpo.tiny import tiny_path
+        from rpo import tiny
 
-        models = {name: str(tiny_path(name)) for name in ("tiny", "tiny-clip", "tiny-clip-metric", "tiny-dino")}
-    paper = bench_params(args, models, 1.0)
+        models = {name: str(tiny.path(name)) for name in ("tiny", "tiny-clip", "tiny-clip-metric", "tiny-dino")}
+    paper = bench_config(args, models, 1.0)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="rpo-bench-"))
-    ours = workspace(work / "ours", args.subject, bench_params(args, models, args.fraction))
-    theirs = workspace(work / "naive", args.subject, bench_params(args, models, args.naive_fraction))
+    ours = workspace(work / "ours", args.subject, bench_config(args, models, args.fraction))
+    theirs = workspace(work / "naive", args.subject, bench_config(args, models, args.naive_fraction))
     n_refs, meter = len(ours.subject.images), Meter(device)
     warm_up(ours)
     rows = []
-    for stage in stages.STAGES:
+    ours_fns = {name: stages.module(name).run for name in UNIT}
+    for stage in UNIT:
         full = units(stage, paper, n_refs)
         row = {"stage": stage, "unit": UNIT[stage], "full": full}
-        for who, ctx, fns in (("ours", ours, stages.STAGE_FUNCTIONS), ("naive", theirs, naive.STAGE_FUNCTIONS)):
+        for who, ctx, fns in (("ours", ours, ours_fns), ("naive", theirs, naive.STAGE_FUNCTIONS)):
             if stage not in fns or (who == "naive" and args.no_naive):
                 continue  # the official code has no separate selection: it keeps the best pipeline as it trains
             seconds, cpu_seconds, peak = meter(fns[stage], ctx)
-            ran = units(stage, ctx.params, n_refs)
+            ran = units(stage, ctx.cfg, n_refs)
             row[who] = {"ran": ran, "seconds": seconds, "extrapolated": seconds * full / ran,
                         "cpu_seconds": cpu_seconds * full / ran, "peak": peak}
         rows.append(row)
@@ -240,9 +242,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from rpo.cli import _quiet_libraries
+    from rpo.cli import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run(args)

@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from tasks.publish import key, publish_subject
-from tasks.stages import SUBJECT_STAGES
+from tasks.stages import SUBJECT_STAGES, check
 from tasks.workspace import workspace
 
 
@@ -33,7 +33,7 @@ def rpo(subject: str, overrides: dict[str, Any] | None = None, retries: int = 1,
     retry = {"retries": retries, "retry_delay_seconds": retry_delay_seconds}
     ws = workspace.with_options(**retry)(subject, [subject], overrides, source, remote)
     progress = create_progress_artifact(0.0, key=key(subject, "progress"), description=f"{subject}: stages done")
-    done = []
+    done = [check.with_options(**retry)(ws)]
     for i, stage_task in enumerate(SUBJECT_STAGES, 1):
         stage = f"{stage_task.name}@{subject}"
         log.info("stage %d/%d: %s", i, len(SUBJECT_STAGES), stage)

@@ -1,247 +1,336 @@
-"""The paper's ablations (Table 2: the two terms of RPO; Table 3: lambda_val) as a DVC pipeline beside the main one.
+"""Ablations as a DVC pipeline beside the main one: the paper's Tables 2 and 3, and any plan of rows x seeds.
 
-An ablation row is a (training run, selection rule) pair. Two training runs per subject
-cover both tables: `rpo`, the main pipeline's own finetune (L_sim + L_pref at train.beta),
-and `lsim` (beta = 0, pure L_sim). Every other difference is a selection rule (early
-stopping at a lambda_val, or the last step) applied to recorded validation scores, so a
-row costs one select and one evaluate. The row with the main pipeline's own settings is
-the main pipeline's result. Names: `<training>-<es|last><100 lambda_val>`, e.g. rpo-es50.
+A row is a training run (overrides of the main params, e.g. `train.beta: 0` for pure L_sim)
+and a selection rule (early stopping at a lambda_val, or the last step); a plan runs every row
+for every subject and seed. Each (row, seed) is a set of overrides, and a stage is re-run for it
+only if the overrides reach it: if the stage reads one of them or reads an output of a stage
+that does (rpo.stages.reached). A reached stage writes under ablations/<the overrides that reach
+it>, so rows share every stage they can share: all of Table 3 selects from the main pipeline's
+one training, a second seed re-runs prior, score and labels once for all its rows, and a row
+equal to the main settings is the main pipeline's own result.
 
-`rpo ablate` writes ablations/dvc.yaml from dvc.yaml's own stage definitions (outputs moved
-under ablations/<name>/, overridden params dropped from the declared ones, `--variant` added
-to the command) and runs `dvc repro ablations/dvc.yaml`. DVC runs what is missing and skips
-what the main pipeline already has, so each training runs once per subject, and its
-dvc.lock records which training every row selected from. The file is written on demand,
-not kept in the repository: stages the user never asked for would show in `dvc status`.
+`rpo ablate` writes ablations/dvc.yaml (rendered by rpo.deps like dvc.yaml) and runs
+`dvc repro ablations/dvc.yaml`: DVC runs what is missing, main stages included, and skips the
+rest; its dvc.lock records which training every row selected from. The report gives per row
+the mean, std and 95% interval over subjects and seeds of every metric (the world's judges'
+rates too), and what the preference term did during each training.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import re
+import json
+import logging
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+import pandas as pd
 
 from rpo import artifacts as A
+from rpo import config as C
 from rpo import params as P
+from rpo import stages
+from rpo.dreambench import PUBLISHED
+from rpo.tables import cell, records, stats, table
 
-ABLATIONS = "ablations"
-TRAININGS = {"rpo": {}, "lsim": {"train.beta": 0.0}}  # overrides of each training run
-SELECTION_KEYS = ("validate.lambda_val", "validate.early_stopping", "evaluate.base_images")
+log = logging.getLogger("rpo")
+ABLATIONS = stages.ABLATIONS
+PLAN = f"{ABLATIONS}/plan.json"  # the plan ablations/dvc.yaml was written for: its report reads it
 TABLES = (2, 3)
-_NAME = re.compile(r"^(rpo|lsim)-(es|last)(\d{2,3})$")
+METRICS = ("dino", "clip_i", "clip_t", "reward")
+DIAGNOSTICS = ("delta_abs", "p_dev", "label_mean", "l_pref")  # columns of train_log.csv: is L_pref doing anything?
 
 
 @dataclass(frozen=True)
-class Variant:
-    training: str  # rpo (L_sim + L_pref) or lsim (beta = 0)
-    early_stopping: bool  # best validation step at lambda_val, or the last step
-    lambda_val: float  # selection's lambda, and the lambda of the reported reward
+class Row:
+    """One compared model: a training run (overrides of the main params) and a selection rule."""
 
-    @property
-    def name(self) -> str:
-        return f"{self.training}-{'es' if self.early_stopping else 'last'}{round(self.lambda_val * 100):02d}"
+    label: str
+    training: tuple[tuple[str, object], ...]  # e.g. (("train.beta", 0.0),)
+    early_stopping: bool
+    lambda_val: float
+
+    def settings(self) -> dict:
+        return {**dict(self.training), "validate.early_stopping": self.early_stopping,
+                "validate.lambda_val": self.lambda_val}
+
+
+@dataclass
+class Plan:
+    """Rows x seeds x subjects; `tables` groups the rows for the report (a row may sit in several)."""
+
+    tables: dict[str, list[Row]]
+    seeds: list[int]
+    subjects: list[str]
+    base: Row | None = None  # the row whose evaluation also draws the base model (default: the first)
+    rows: list[Row] = field(init=False)
+
+    def __post_init__(self):
+        self.rows = list(dict.fromkeys(r for rows in self.tables.values() for r in rows))
+        self.base = self.base or self.rows[0]
+
+    def to_json(self) -> dict:
+        row = lambda r: {"label": r.label, "training": dict(r.training), "early_stopping": r.early_stopping,  # noqa: E731
+                         "lambda_val": r.lambda_val}
+        return {"tables": {t: [row(r) for r in rows] for t, rows in self.tables.items()}, "seeds": self.seeds,
+                "subjects": self.subjects, "base": row(self.base)}
 
     @classmethod
-    def parse(cls, name: str) -> Variant:
-        m = _NAME.match(name)
-        if not m:
-            raise P.ParamsError(f"variant {name!r}: expected <rpo|lsim>-<es|last><100 x lambda_val>, "
-                                "e.g. rpo-es50, lsim-last30")
-        return cls(m[1], m[2] == "es", int(m[3]) / 100)
-
-    def overrides(self) -> dict:
-        # no base-model images: they do not depend on the variant and the main evaluation has them
-        return {**TRAININGS[self.training], "validate.lambda_val": self.lambda_val,
-                "validate.early_stopping": self.early_stopping, "evaluate.base_images": False}
+    def from_json(cls, data: dict) -> "Plan":
+        row = lambda r: Row(r["label"], tuple(sorted(r["training"].items())), r["early_stopping"],  # noqa: E731
+                            r["lambda_val"])
+        return cls({t: [row(r) for r in rows] for t, rows in data["tables"].items()}, data["seeds"], data["subjects"],
+                   base=row(data["base"]))
 
 
-def table2(params: dict) -> list[tuple[str, Variant]]:
-    lam = params["ablate"]["lambda_val"]
-    return [("pure L_sim (beta = 0)", Variant("lsim", False, lam)),
-            ("L_pref without early stopping", Variant("rpo", False, lam)),
-            ("early stopping without L_pref", Variant("lsim", True, lam)),
-            ("full RPO", Variant("rpo", True, lam))]
+def overrides(cfg: C.Config, row: Row, seed: int, plan: Plan) -> dict:
+    """The params a (row, seed) changes, without those equal to the main ones (so shared stages stay shared)."""
+    main = C.to_dict(cfg)
+    out = {k: v for k, v in {**row.settings(), "seed": seed}.items() if P.get(main, k) != v}
+    if row.settings() != plan.base.settings() and cfg.evaluate.base_images:
+        out["evaluate.base_images"] = False  # the base model's images do not depend on the row: drawn once
+    return out
 
 
-def table3(params: dict) -> list[tuple[str, Variant]]:
-    return [(f"lambda_val = {lam:g}", Variant("rpo", True, lam)) for lam in params["ablate"]["lambda_vals"]]
+# --- the tables of the paper ----------------------------------------------------------------
 
 
-def rows(params: dict, tables=TABLES) -> dict[int, list[tuple[str, Variant]]]:
-    """Each requested table's rows, after checking the params they come from."""
+def table2(cfg: C.Config) -> list[Row]:
+    lam, main = cfg.ablate.lambda_val, cfg.train.beta
+    return [Row("pure L_sim (beta = 0)", (("train.beta", 0.0),), False, lam),
+            Row("L_pref without early stopping", (("train.beta", main),), False, lam),
+            Row("early stopping without L_pref", (("train.beta", 0.0),), True, lam),
+            Row("full RPO", (("train.beta", main),), True, lam)]
+
+
+def table3(cfg: C.Config) -> list[Row]:
+    return [Row(f"lambda_val = {lam:g}", (("train.beta", cfg.train.beta),), True, lam) for lam in cfg.ablate.lambda_vals]
+
+
+def paper_plan(cfg: C.Config, subjects: list[str], tables=TABLES) -> Plan:
+    """Tables 2 and/or 3 for `subjects`, over `ablate.seeds` (default: the main seed)."""
     unknown = [t for t in tables if t not in TABLES]
     if unknown:
         raise P.ParamsError(f"tables {unknown}: the ablations are tables {', '.join(map(str, TABLES))}")
-    if params["train"]["beta"] == 0:
+    if cfg.train.beta == 0:
         raise P.ParamsError("train.beta: 0 makes the main training pure L_sim; the ablations compare it with L_pref")
-    for key, values in (("ablate.lambda_val", [params["ablate"]["lambda_val"]]),
-                        ("ablate.lambda_vals", params["ablate"]["lambda_vals"])):
-        off = [v for v in values if abs(v * 100 - round(v * 100)) > 1e-9]
+    if cfg.validate.keep == "selectable":
+        off = [v for v in (cfg.ablate.lambda_val, *cfg.ablate.lambda_vals) if abs(v * 100 - round(v * 100)) > 1e-9]
         if off:
-            raise P.ParamsError(f"{key}: {off} not on the 0.01 grid (variant names and validate.keep use it)")
-    return {t: {2: table2, 3: table3}[t](params) for t in tables}
+            raise P.ParamsError(f"ablate: {off} not on the 0.01 grid, whose best checkpoints validate.keep: selectable keeps")
+    build = {2: ("Table 2: the terms of RPO", table2), 3: ("Table 3: lambda_val of selection", table3)}
+    rows = {build[t][0]: build[t][1](cfg) for t in tables}
+    main = next((r for rs in rows.values() for r in rs if r.settings() == _main_settings(cfg)), None)
+    return Plan(rows, list(cfg.ablate.seeds) or [cfg.seed], subjects, base=main)
 
 
-def variants(params: dict, tables=TABLES) -> list[Variant]:
-    return list(dict.fromkeys(v for entries in rows(params, tables).values() for _, v in entries))
+def _main_settings(cfg: C.Config) -> dict:
+    return {"train.beta": cfg.train.beta, "validate.early_stopping": cfg.validate.early_stopping,
+            "validate.lambda_val": cfg.validate.lambda_val}
 
 
-def main_variant(params: dict) -> Variant:
-    """The row the main pipeline computes itself."""
-    return Variant("rpo", params["validate"]["early_stopping"], params["validate"]["lambda_val"])
+# --- where a (row, seed) lives ----------------------------------------------------------------
 
 
-# --- where a variant's artifacts live ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VariantPaths(A.Paths):
-    """A variant's own outputs under ablations/<name>/; the prior and labels of the main
-    pipeline; the checkpoints and validation records of its training run."""
-
-    main: A.Paths
-    training: A.Paths
-
-    prior_dir = property(lambda self: self.main.prior_dir)
-    rewards = property(lambda self: self.main.rewards)
-    labels = property(lambda self: self.main.labels)
-    checkpoints = property(lambda self: self.training.checkpoints)
-    validation = property(lambda self: self.training.validation)
-    train_log = property(lambda self: self.training.train_log)
-
-
-def _root(root: Path, name: str) -> Path:
-    return Path(root) if name == "rpo" else Path(root) / ABLATIONS / name
-
-
-def paths(root: Path, subject: str, name: str) -> VariantPaths:
-    """Paths of a training run (`lsim`) or of a variant (`rpo-es50`)."""
-    training = A.Paths(_root(root, name.split("-")[0]), subject)
-    return VariantPaths(_root(root, name), subject, main=A.Paths(root, subject), training=training)
-
-
-def metrics_path(root: Path, subject: str, variant: Variant, params: dict) -> Path:
-    if variant == main_variant(params):
-        return A.Paths(root, subject).metrics
-    return paths(root, subject, variant.name).metrics
-
-
-def context(root: Path, params: dict, subject: str, name: str, stage: str):
-    """A stage's Context for an ablation: params overridden, outputs under ablations/<name>/."""
-    from rpo.context import context as stage_context
-
-    if stage == "finetune":
-        if name not in TRAININGS or name == "rpo":
-            raise P.ParamsError(f"--variant {name}: finetune trains only 'lsim' (the 'rpo' run is the main finetune)")
-        overrides = TRAININGS[name]
-    elif stage in ("select", "evaluate"):
-        overrides = Variant.parse(name).overrides()
-    else:
-        raise P.ParamsError(f"--variant: ablations share the main pipeline's {stage} stage")
-    ctx = stage_context(root, P.apply_overrides(params, overrides), subject)
-    return dataclasses.replace(ctx, paths=paths(ctx.root, subject, name))
+def paths(root: Path, subject: str, over: dict) -> A.Paths:
+    return A.Paths(Path(root), subject, stages.variant_roots(Path(root), over))
 
 
 # --- the DVC pipeline ---------------------------------------------------------------------
 
 
-def _prefix(name: str) -> str:
-    return "" if name == "rpo" else f"{ABLATIONS}/{name}/"
-
-
-def _path_of(entry) -> str:
-    return entry if isinstance(entry, str) else next(iter(entry))
-
-
-def _outputs(do: dict) -> list[str]:
-    return [_path_of(e) for k in ("outs", "metrics", "plots") for e in do.get(k, [])]
-
-
-def _declared_params(entries: list, dropped: set[str]) -> list:
-    """Params of a main stage less the overridden ones; a section holding one is expanded into its other keys."""
+def _declared_params(entries, dropped: set[str]) -> list:
+    """A stage's params less the overridden ones; a section holding one is expanded into its other keys."""
     out = []
     for e in entries:
-        if not isinstance(e, str) or not any(k == e or k.startswith(e + ".") for k in dropped):
+        if not any(k == e or k.startswith(e + ".") for k in dropped):
             out.append(e)
         elif e not in dropped:
-            out += [k for k in P.SPEC if k.startswith(e + ".") and k not in dropped]
+            out += [k for k in C.SPEC if k.startswith(e + ".") and k not in dropped]
     return out
 
 
-def _moved(main: dict, stage: str, name: str, prefixes: dict[str, str], dropped: set[str]) -> dict:
-    """The main stage `stage` for variant `name`: outputs of stages in `prefixes` move under their prefix."""
-    owner = {path: s for s in prefixes for path in _outputs(main[s]["do"])}
-
-    def move(entry):
-        path = _path_of(entry)
-        moved = prefixes[owner[path]] + path if path in owner else path
-        return moved if isinstance(entry, str) else {moved: entry[path]}
-
-    do = main[stage]["do"]
-    stage_def = {"wdir": "..", "cmd": f"{do['cmd']} --variant {name}", "deps": [move(d) for d in do.get("deps", [])],
-                 "params": _declared_params(do.get("params", []), dropped)}
-    return {**stage_def, **{k: [move(e) for e in do[k]] for k in ("outs", "metrics", "plots") if k in do}}
+def _set(over: dict) -> str:
+    return " ".join(f"--set {k}={json.dumps(v)}" for k, v in over.items())
 
 
-def pipeline(main: dict, params: dict, subjects: list[str], tables=TABLES) -> dict:
-    """ablations/dvc.yaml for `subjects`: one extra training per subject, select + evaluate per variant, the report."""
-    shared = main_variant(params)
-    plan = [v for v in variants(params, tables) if v != shared]
-    stages = {}
-    for training in sorted({v.training for v in plan} - {"rpo"}):
-        do = _moved(main, "finetune", training, {"finetune": _prefix(training)}, set(TRAININGS[training]))
-        stages[f"finetune-{training}"] = {"foreach": subjects, "do": do}
-    for v in plan:
-        prefixes = {"finetune": _prefix(v.training), "select": _prefix(v.name), "evaluate": _prefix(v.name)}
-        for stage in ("select", "evaluate"):
-            do = _moved(main, stage, v.name, prefixes, set(SELECTION_KEYS))
-            stages[f"{stage}-{v.name}"] = {"foreach": subjects, "do": do}
-    metrics = [metrics_path(Path("."), s, v, params).as_posix() for v in variants(params, tables) for s in subjects]
-    stages["report"] = {
+def pipeline(root: Path, cfg: C.Config, plan: Plan) -> dict:
+    """ablations/dvc.yaml: every stage some (row, seed) reaches, once, and the report."""
+    from rpo.deps import closure_code, render
+
+    entries = {}
+    for row in plan.rows:
+        for seed in plan.seeds:
+            over = overrides(cfg, row, seed, plan)
+            reached = stages.reached(over)
+            roots = {s: Path(ABLATIONS) / stages.slug(o) for s, o in reached.items() if o}
+            if reached["check"]:
+                raise P.ParamsError(f"ablation overrides {sorted(reached['check'])}: a row cannot change what `check` "
+                                    "reads (subjects, model.resolution)")
+            for stage, mine in reached.items():
+                if not mine:
+                    continue
+                name = f"{stage}-{stages.slug(mine)}"
+                if name in entries:
+                    continue
+                variant = C.from_dict(P.apply_overrides(C.to_dict(cfg), mine))
+                body = render(stage, variant, root, paths=A.Paths(Path("."), "${item}", roots),
+                              cmd=f"rpo {_set(mine)} stage {stage} --subject ${{item}} --ablation",
+                              params=_declared_params(stages.spec(stage).params, set(mine)),
+                              values={"paths.subjects": cfg.paths.subjects})
+                entries[name] = {"foreach": plan.subjects, "do": {"wdir": "..", **body["do"]}}
+    entries["report"] = {
         "wdir": "..",
-        "cmd": f"rpo report --ablations --tables {' '.join(map(str, tables))} --subjects {' '.join(subjects)}",
-        "deps": metrics + ["rpo/report.py", "rpo/ablation.py"],
-        "params": ["ablate", "train.beta", "validate.lambda_val", "validate.early_stopping"],
+        "cmd": "rpo ablate --report",
+        "deps": [PLAN, *sorted({p.as_posix() for p in report_inputs(Path("."), cfg, plan)}),
+                 *closure_code(["rpo/ablation.py"], root)],
+        "params": ["ablate", "seed", "train.beta", "validate.lambda_val", "validate.early_stopping"],
         "outs": ["reports/ablations.md"], "metrics": ["reports/ablations.json"],
     }
-    return {"stages": stages}
+    return {"stages": entries}
 
 
-class _PlainDumper(yaml.SafeDumper):
-    """Repeats shared lists in full: a reader of ablations/dvc.yaml should not meet YAML anchors."""
+def report_inputs(root: Path, cfg: C.Config, plan: Plan) -> list[Path]:
+    out = []
+    for row in plan.rows:
+        for seed in plan.seeds:
+            over = overrides(cfg, row, seed, plan)
+            for s in plan.subjects:
+                p = paths(root, s, over)
+                out += [p.metrics, p.train_log]
+    return out
 
-    def ignore_aliases(self, data):
-        return True
 
-
-def write(root: Path, params: dict, subjects: list[str], tables=TABLES) -> Path:
+def write(root: Path, cfg: C.Config, plan: Plan) -> Path:
     """Check the request, then write ablations/dvc.yaml (atomically) and return its path."""
     from rpo.subjects import load_subject
 
     root = Path(root)
-    outside = [s for s in subjects if s not in params["subjects"]]
+    outside = [s for s in plan.subjects if s not in cfg.subjects]
     if outside:
-        raise P.ParamsError(f"subjects {outside} are not in params.yaml `subjects`: "
-                            "the ablations reuse their main pipeline")
-    for s in subjects:
-        load_subject(root / params["paths"]["subjects"], s, check_images=False)
-    main = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
-    header = (f"# Written by `rpo ablate` from dvc.yaml and params.yaml (ablate.*); edit those, not this file.\n"
-              f"# Tables {', '.join(map(str, tables))} for {len(subjects)} subjects; see rpo/ablation.py.\n")
+        raise P.ParamsError(f"subjects {outside} are not in params.yaml `subjects`: the ablations reuse their main pipeline")
+    for s in plan.subjects:
+        load_subject(root / cfg.paths.subjects, s, check_images=False)
+    header = ("# Written by `rpo ablate` from the stages' specs and params.yaml (ablate.*); edit those, not this file.\n"
+              f"# {', '.join(plan.tables)}; {len(plan.subjects)} subjects x seeds {plan.seeds}; see rpo/ablation.py.\n")
     path = root / ABLATIONS / "dvc.yaml"
+    A.write_json(plan.to_json(), root / PLAN)
     with A.atomic_file(path) as tmp:
-        tmp.write_text(header + yaml.dump(pipeline(main, params, subjects, tables), Dumper=_PlainDumper,
-                                          sort_keys=False, width=120))
+        tmp.write_text(header + P.yaml_dump(pipeline(root, cfg, plan)))
     return path
 
 
-def run(root: Path, params: dict, subjects: list[str], tables=TABLES) -> int:
+def run(root: Path, cfg: C.Config, plan: Plan, env: dict | None = None) -> int:
     """`dvc repro ablations/dvc.yaml`: reproduces the main stages it needs, then every row; DVC's exit code."""
-    path = write(root, params, subjects, tables)
+    path = write(root, cfg, plan)
     cmd = [sys.executable, "-m", "dvc", "repro", path.relative_to(Path(root)).as_posix()]
-    return subprocess.run(cmd, cwd=root).returncode
+    return subprocess.run(cmd, cwd=root, env=env).returncode
+
+
+# --- the report ---------------------------------------------------------------------------
+
+
+def results(root: Path, cfg: C.Config, plan: Plan) -> pd.DataFrame:
+    """One record per (row, subject, seed): the selected step, every metric, the training's diagnostics."""
+    out = []
+    for row in plan.rows:
+        for seed in plan.seeds:
+            over = overrides(cfg, row, seed, plan)
+            for s in plan.subjects:
+                p = paths(root, s, over)
+                metrics = A.read_json(p.metrics)
+                diag = pd.read_csv(p.train_log)[list(DIAGNOSTICS)].mean().to_dict() if p.train_log.exists() else {}
+                out.append({"row": row.label, "subject": s, "seed": seed, "variant": stages.slug(over) or "main",
+                            **metrics, **{f"train_{k}": v for k, v in diag.items()}})
+    return pd.DataFrame(out)
+
+
+def columns(df: pd.DataFrame) -> list[str]:
+    """The metrics to show: DreamBench's, then whatever else every run recorded (a judge's rates)."""
+    skip = {"seed", "selected_step", "lambda_val", "n_prompts", "images_per_prompt", "n_references"}
+    extra = sorted(c for c in df.columns if c not in skip and c not in METRICS and not c.startswith(("base_", "train_"))
+                   and pd.api.types.is_numeric_dtype(df[c]))
+    return list(METRICS) + extra
+
+
+def summarise(df: pd.DataFrame, plan: Plan) -> dict:
+    cols = columns(df)
+    out = {}
+    for title, rows in plan.tables.items():
+        out[title] = []
+        for row in rows:
+            g = df[df["row"] == row.label]
+            out[title].append({"row": row.label, "settings": row.settings(), "runs": len(g),
+                               "selected_step": stats(g["selected_step"]),
+                               **{c: stats(g[c]) for c in cols},
+                               **{k: float(g[f"train_{k}"].mean()) for k in DIAGNOSTICS if f"train_{k}" in g}})
+    base = df[df["row"] == plan.base.label]
+    out["base model"] = [{"row": "base model (no fine-tuning)", "runs": len(base),
+                          **{c: stats(base[f"base_{c}"]) for c in cols if f"base_{c}" in base}}]
+    return out
+
+
+def markdown(summary: dict, df: pd.DataFrame, plan: Plan, cfg: C.Config) -> str:
+    cols = columns(df)
+    lines = [f"# Ablations: {len(plan.subjects)} subject(s) x {len(plan.seeds)} seed(s)", "",
+             f"Subjects: {', '.join(plan.subjects)}; seeds {', '.join(map(str, plan.seeds))}. Each cell: mean ± 95% "
+             "interval of the mean over (subject, seed) runs (Student's t); n = runs. r_λ is the reward at the row's "
+             "lambda_val. Rows marked * are the main pipeline's own result.", ""]
+    main = _main_settings(cfg)
+    for title, rows in summary.items():
+        lines += [f"## {title}", ""]
+        header = ["row", "n", "selected step", *cols]
+        out_rows = []
+        for r in rows:
+            star = "*" if r.get("settings") == main else ""
+            out_rows.append([r["row"] + star, r["runs"], cell(r.get("selected_step"), 1, "ci95"),
+                             *(cell(r.get(c), 3, "ci95") for c in cols)])
+        lines += table(header, out_rows) + [""]
+        if title.startswith("Table 3"):
+            published = [[p.method, cell(p.dino), cell(p.clip_i), cell(p.clip_t)] for p in PUBLISHED if p.lambda_val]
+            lines += ["Published (" + PUBLISHED[0].source + "; " + PUBLISHED[0].models + "):", "",
+                      *table(["row", "DINO", "CLIP-I", "CLIP-T"], published), ""]
+    trained = [r for rows in summary.values() for r in rows if "delta_abs" in r]
+    if trained:
+        lines += ["## The preference term during training (mean over steps and runs)", "",
+                  "label mean: fraction of pairs labelled y = 1 (the reference preferred to the base model's image).", "",
+                  *table(["row", "mean abs Delta", "mean abs(P - 0.5)", "label mean", "L_pref"],
+                         [[r["row"], f"{r['delta_abs']:.2e}", f"{r['p_dev']:.4f}", f"{r['label_mean']:.3f}",
+                           f"{r['l_pref']:.4f}"] for r in dict((r["row"], r) for r in trained).values()]), ""]
+    return "\n".join(lines)
+
+
+def report(root: Path, cfg: C.Config, plan: Plan, out: Path | None = None) -> Path:
+    """reports/ablations.md and .json (or `out`.md / .json) over every (row, subject, seed) of the plan."""
+    root = Path(root)
+    df = results(root, cfg, plan)
+    summary = summarise(df, plan)
+    out = out or root / "reports" / "ablations"
+    A.write_json({"subjects": plan.subjects, "seeds": plan.seeds, "tables": summary, "runs": records(df)},
+                 out.with_suffix(".json"))
+    with A.atomic_file(out.with_suffix(".md")) as tmp:
+        tmp.write_text(markdown(summary, df, plan, cfg))
+    log.info("ablations: %s over %d subjects x %d seeds -> %s", ", ".join(plan.tables), len(plan.subjects),
+             len(plan.seeds), out.with_suffix(".md"))
+    return out.with_suffix(".md")
+
+
+def cli(args) -> int:
+    cfg = P.config_from_args(args)
+    root = Path.cwd()
+    if args.report and not args.subjects and (root / PLAN).exists():
+        print(report(root, cfg, Plan.from_json(A.read_json(root / PLAN))))
+        return 0
+    plan = paper_plan(cfg, list(args.subjects or cfg.subjects), args.tables)
+    if args.report:
+        print(report(root, cfg, plan))
+        return 0
+    if args.dry_run:
+        print(write(root, cfg, plan))
+        return 0
+    code = run(root, cfg, plan)
+    if code:
+        raise A.ArtifactError(f"dvc repro {ABLATIONS}/dvc.yaml failed (exit {code}); see DVC's message above")
+    print("reports/ablations.md")
+    return 0

@@ -8,6 +8,7 @@ A checkpoint folder holds either a whole U-Net in diffusers' layout, weights in 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 from pathlib import Path
@@ -35,8 +36,17 @@ def save(unet, out: Path, dtype=None) -> None:
             from safetensors.torch import save_file
 
             unet.save_config(tmp)
+            _drop_origin(tmp / "config.json")
             state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in unet.state_dict().items()}
             save_file(state, tmp / FULL)
+
+
+def _drop_origin(config: Path) -> None:
+    """diffusers records where a model was loaded from (`_name_or_path`, an absolute path here): a
+    checkpoint must hash the same in every clone of the project."""
+    data = json.loads(config.read_text())
+    data.pop("_name_or_path", None)
+    config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _save_lora(unet, folder: Path) -> None:

@@ -44,12 +44,3 @@ def has_amx() -> bool:
     """Intel AMX tiles (Sapphire Rapids and later): `torch.cpu` has no public query for them yet."""
     check = getattr(torch.cpu, "_is_amx_tile_supported", None)
     return bool(check and check())
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elif device.type == "xla":
-        import torch_xla.core.xla_model as xm
-
-        xm.mark_step()

@@ -1,33 +1,15 @@
-"""DreamBench (the DreamBooth benchmark): its 30 subjects, importing them, and the published results.
+"""DreamBench (the DreamBooth benchmark): its 30 subjects, its 25 evaluation prompts, the published results.
 
 The catalog is built in: subject -> class noun and live/object (live subjects, cats and dogs,
-get the paper's live prompt lists). The photos come from a local copy of the DreamBench
-`dataset` folder (google/dreambooth on GitHub), which must agree with the catalog.
-
-Import bounds the short side of each photo (`max_size`, default 1024 px): the originals
-reach 2048 px (some as MPO), while training crops to `model.resolution` (512 for the
-paper) and the metric encoders look at 224 px, so larger copies only cost disk and
-decoding time in every stage that reads the references.
+get the paper's live prompt lists). `rpo.importer` imports the photos from a local copy of the
+DreamBench `dataset` folder (google/dreambooth on GitHub).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
-from rpo.artifacts import atomic_file
-from rpo.images import image_files
-from rpo.subjects import MAX_IMAGES, MIN_IMAGES, Subject, SubjectError, add_subject
-
-DEFAULT_MAX_SIZE = 1024
-CLASSES_FILE = "prompts_and_classes.txt"
-CREDITS_FILE = "references_and_licenses.txt"
-
-
-class DreamBenchError(SubjectError):
-    """The DreamBench folder is missing, malformed or disagrees with the catalog; names the path."""
-
+from rpo.prompts import fill
 
 @dataclass(frozen=True)
 class Entry:
@@ -80,84 +62,51 @@ def published_rpo(lambda_val: float) -> Published | None:
     return next((p for p in PUBLISHED if p.lambda_val is not None and abs(p.lambda_val - lambda_val) < 1e-9), None)
 
 
-def read_classes(dataset: Path) -> dict[str, str]:
-    """subject -> class noun from the dataset's prompts_and_classes.txt (lines `subject,class`)."""
-    path = Path(dataset) / CLASSES_FILE
-    if not path.exists():
-        raise DreamBenchError(f"{path}: missing; is {dataset} the DreamBench `dataset` folder of google/dreambooth?")
-    rows = (line.split(",") for line in path.read_text().splitlines() if line.count(",") == 1)
-    return {name.strip(): noun.strip() for name, noun in rows if name.strip() in CATALOG}
+_EVAL_SHARED = [
+    "a {v} {k} in the jungle",
+    "a {v} {k} in the snow",
+    "a {v} {k} on the beach",
+    "a {v} {k} on a cobblestone street",
+    "a {v} {k} on top of pink fabric",
+    "a {v} {k} on top of a wooden floor",
+    "a {v} {k} with a city in the background",
+    "a {v} {k} with a mountain in the background",
+    "a {v} {k} with a blue house in the background",
+    "a {v} {k} on top of a purple rug in a forest",
+]
+_EVAL_TAIL = [
+    "a red {v} {k}",
+    "a purple {v} {k}",
+    "a shiny {v} {k}",
+    "a wet {v} {k}",
+    "a cube shaped {v} {k}",
+]
+# The 25 DreamBench evaluation templates (dataset/prompts_and_classes.txt), "{v}" unique token, "{k}" class noun.
+EVAL_OBJECT = _EVAL_SHARED + [
+    "a {v} {k} with a wheat field in the background",
+    "a {v} {k} with a tree and autumn leaves in the background",
+    "a {v} {k} with the Eiffel Tower in the background",
+    "a {v} {k} floating on top of water",
+    "a {v} {k} floating in an ocean of milk",
+    "a {v} {k} on top of green grass with sunflowers around it",
+    "a {v} {k} on top of a mirror",
+    "a {v} {k} on top of the sidewalk in a crowded street",
+    "a {v} {k} on top of a dirt road",
+    "a {v} {k} on top of a white rug",
+] + _EVAL_TAIL
+EVAL_LIVE = _EVAL_SHARED + [
+    "a {v} {k} wearing a red hat",
+    "a {v} {k} wearing a santa hat",
+    "a {v} {k} wearing a rainbow scarf",
+    "a {v} {k} wearing a black top hat and a monocle",
+    "a {v} {k} in a chef outfit",
+    "a {v} {k} in a firefighter outfit",
+    "a {v} {k} in a police outfit",
+    "a {v} {k} wearing pink glasses",
+    "a {v} {k} wearing a yellow shirt",
+    "a {v} {k} in a purple wizard outfit",
+] + _EVAL_TAIL
 
 
-def check(dataset: Path, names: list[str]) -> None:
-    """Every requested subject folder exists, agrees with the catalog and holds a usable number of photos.
-
-    Checks structure only (no decoding), so a bad folder fails before any photo is converted.
-    """
-    dataset = Path(dataset)
-    if not dataset.is_dir():
-        raise DreamBenchError(f"{dataset}: no such DreamBench folder (set paths.dreambench or pass --dataset)")
-    unknown = [n for n in names if n not in CATALOG]
-    if unknown:
-        raise DreamBenchError(f"not DreamBench subjects: {', '.join(unknown)} (known: {', '.join(CATALOG)})")
-    classes = read_classes(dataset)
-    for name in names:
-        folder = dataset / name
-        if name not in classes:
-            raise DreamBenchError(f"{dataset / CLASSES_FILE}: no line for {name!r}")
-        if classes[name] != CATALOG[name].class_noun:
-            raise DreamBenchError(f"{dataset / CLASSES_FILE}: class of {name!r} is {classes[name]!r}, "
-                                  f"DreamBench's is {CATALOG[name].class_noun!r}")
-        if not folder.is_dir():
-            raise DreamBenchError(f"{folder}: missing subject folder of the DreamBench dataset")
-        count = len(image_files(folder))
-        if not MIN_IMAGES <= count <= MAX_IMAGES:
-            raise DreamBenchError(f"{folder}: {count} photos, expected {MIN_IMAGES} to {MAX_IMAGES}")
-
-
-def add_subjects(dataset: Path, subjects_dir: Path, names: list[str] | None = None, min_size: int | None = None,
-                 max_size: int = DEFAULT_MAX_SIZE, overwrite: bool = False) -> list[Subject]:
-    """Import DreamBench subjects (all 30 by default) into `subjects_dir`; existing ones are kept unless `overwrite`.
-
-    Photos are validated and normalised by `add_subject` (MPO, EXIF rotation); the short side is
-    bounded by `max_size`, never below the model's resolution `min_size`.
-    """
-    names = list(names or CATALOG)
-    if min_size is not None and max_size < min_size:
-        raise DreamBenchError(f"max size {max_size} px is below model.resolution {min_size} px")
-    check(dataset, names)
-    credits = _credits(Path(dataset))
-    added = []
-    for name in names:
-        if (Path(subjects_dir) / name).exists() and not overwrite:
-            continue
-        entry = CATALOG[name]
-        subject = add_subject(subjects_dir, name, Path(dataset) / name, entry.class_noun, entry.live, min_size,
-                              overwrite, max_size=max_size)
-        with atomic_file(subject.folder / "CREDITS.md") as tmp:
-            tmp.write_text(_credits_text(name, credits.get(name, ""), max_size))
-        added.append(subject)
-    return added
-
-
-def _credits(dataset: Path) -> dict[str, str]:
-    """Per-subject sources from references_and_licenses.txt (a `name:` line, then its lines until a blank one)."""
-    path = dataset / CREDITS_FILE
-    if not path.exists():
-        return {}
-    out = {}
-    for block in re.split(r"\n\s*\n", path.read_text()):
-        head, _, rest = block.strip().partition(":")
-        if head in CATALOG:
-            out[head] = rest.strip()
-    return out
-
-
-def _credits_text(name: str, sources: str, max_size: int) -> str:
-    return (f"# {name}\n\nDreamBench subject `{name}` (the DreamBooth dataset, google/dreambooth, folder "
-            f"`dataset/{name}`), imported by `rpo subjects add-dreambench`.\n\n"
-            f"Sources: {sources or 'see the dataset'}\n\n"
-            "DreamBooth dataset owners: Nataniel Ruiz, Yuanzhen Li, Varun Jampani, Yael Pritch, Michael Rubinstein, "
-            "Kfir Aberman. License: Creative Commons Attribution 4.0 International (CC BY 4.0), "
-            "https://creativecommons.org/licenses/by/4.0/ .\n"
-            f"Changes: converted to upright RGB PNG; photos scaled down to a short side of at most {max_size} px.\n")
+def evaluation_prompts(token: str, class_noun: str, live: bool) -> list[str]:
+    return fill(EVAL_LIVE if live else EVAL_OBJECT, token, class_noun)

@@ -1,8 +1,8 @@
 """Image and text encoders for rewards and metrics, behind one small interface.
 
 Backends: transformers (CLIP, ALIGN, ViT/DINO) and open_clip. Real models load by hub id
-or local directory, safetensors only, never remote code; "tiny-*" names build the
-embedded models offline (rpo.tiny). Every embedding comes back L2-normalised.
+or local directory, safetensors only, never remote code; registered names (rpo.registry:
+tiny-clip, world-clip, ...) become their directories. Every embedding comes back L2-normalised.
 """
 
 from __future__ import annotations
@@ -13,22 +13,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from rpo.tiny import TINY_NAMES, tiny_path
-from rpo.world.pipeline import NAMES as WORLD_NAMES
-from rpo.world.pipeline import model_path as world_path
+from rpo.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from rpo.registry import model_path
 
 
-def resolve(name: str) -> str:
-    """A tiny name becomes its built directory, a world name (rpo.world) its committed one;
-    anything else (hub id, path) is passed through."""
-    if name in TINY_NAMES:
-        return str(tiny_path(name))
-    if name in WORLD_NAMES:
-        return str(world_path(name))
-    return name
-
-
-def _features(out) -> torch.Tensor:
+def features(out) -> torch.Tensor:
     # transformers 5 returns an output object from get_*_features; version 4 a tensor
     return out if torch.is_tensor(out) else out.pooler_output
 
@@ -59,7 +48,7 @@ class HFDualEncoder(Encoder):
     def __init__(self, name: str, device: str = "cpu", dtype=torch.float32):
         from transformers import AutoModel, AutoProcessor
 
-        path = resolve(name)
+        path = model_path(name)
         self.model = AutoModel.from_pretrained(path, use_safetensors=True, dtype=dtype).to(device).eval()
         self.processor = AutoProcessor.from_pretrained(path)
         self.device, self.dtype = device, dtype
@@ -67,14 +56,14 @@ class HFDualEncoder(Encoder):
     @torch.no_grad()
     def _images(self, images):
         pixels = self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
-        return _features(self.model.get_image_features(pixel_values=pixels))
+        return features(self.model.get_image_features(pixel_values=pixels))
 
     @torch.no_grad()
     def _texts(self, texts):
         tok = self.processor(text=texts, return_tensors="pt", padding="max_length", truncation=True,
                              max_length=self._max_length())
         tok = {k: v.to(self.device) for k, v in tok.items() if k in ("input_ids", "attention_mask")}
-        return _features(self.model.get_text_features(**tok))
+        return features(self.model.get_text_features(**tok))
 
     def _max_length(self):
         cfg = self.model.config.text_config
@@ -87,7 +76,7 @@ class HFImageEncoder(Encoder):
     def __init__(self, name: str, device: str = "cpu", dtype=torch.float32, transform=None):
         from transformers import AutoImageProcessor, AutoModel
 
-        path = resolve(name)
+        path = model_path(name)
         # the CLS token is the embedding: no pooler head (DINO checkpoints ship none)
         self.model = AutoModel.from_pretrained(path, use_safetensors=True, dtype=dtype, add_pooling_layer=False)
         self.model = self.model.to(device).eval()
@@ -111,7 +100,8 @@ class OpenClipEncoder(Encoder):
     def __init__(self, name: str, device: str = "cpu", dtype=torch.float32):
         import open_clip
 
-        spec = f"local-dir:{resolve(name)}" if name in TINY_NAMES or Path(name).is_dir() else name
+        local = model_path(name)
+        spec = f"local-dir:{local}" if Path(local).is_dir() else name
         model_name, pretrained = (spec.split("/", 1) if "/" in spec and ":" not in spec else (spec, None))
         self.model, _, self.preprocess = open_clip.create_model_and_transforms(model_name, pretrained=pretrained)
         self.model = self.model.to(device, dtype).eval()
@@ -147,5 +137,5 @@ def dino_original_transform(resolution: int = 224):
         T.Resize(round(resolution * 256 / 224), interpolation=T.InterpolationMode.BICUBIC),
         T.CenterCrop(resolution),
         T.ToTensor(),
-        T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from rpo.encoders import resolve
+from rpo.device import pick_dtype
+from rpo.registry import model_path
 
 NEGATIVE = ""  # the unconditional text of classifier-free guidance, as the pipeline uses it
 
@@ -20,9 +21,20 @@ def image_seed(base_seed: int, prompt_index: int, image_index: int) -> int:
     return base_seed * 1_000_003 + prompt_index * 1_000 + image_index
 
 
+def seeded_jobs(prompts: list[str], per_prompt: int, seed: int) -> list[tuple[int, int, str, int]]:
+    """(prompt index, image index, prompt, image seed) of `per_prompt` images of every prompt."""
+    return [(pi, ii, prompts[pi], image_seed(seed, pi, ii)) for pi in range(len(prompts)) for ii in range(per_prompt)]
+
+
+def stage_pipeline(model, device, unet_dtype=None):
+    """The base pipeline as a stage uses it: `model.dtype` for everything gradient-free (config section `model`)."""
+    dtype = pick_dtype(model.dtype, device, cpu_half=True)
+    return load_pipeline(model.base, device, dtype, unet_dtype=unet_dtype, attention=model.attention)
+
+
 def load_pipeline(base: str, device: torch.device, dtype: torch.dtype = torch.float32, *,
                   unet_dtype: torch.dtype | None = None, attention: str = "sdpa"):
-    """A StableDiffusionPipeline (1.x / 2.x) by hub id, local directory, or tiny name; safetensors only.
+    """A StableDiffusionPipeline (1.x / 2.x) by hub id, local directory or registered name; safetensors only.
 
     `unet_dtype` loads the U-Net in its own precision (fp32 master weights for training) so its
     weights are never rounded through `dtype` first.
@@ -32,7 +44,7 @@ def load_pipeline(base: str, device: torch.device, dtype: torch.dtype = torch.fl
 
     diffusers_logging.disable_progress_bar()  # "Loading pipeline components": noise beside the stage's own bars
     pipe = StableDiffusionPipeline.from_pretrained(
-        resolve(base), use_safetensors=True, safety_checker=None, requires_safety_checker=False,
+        model_path(base), use_safetensors=True, safety_checker=None, requires_safety_checker=False,
         feature_extractor=None, dtype={"unet": unet_dtype or dtype, "default": dtype},
     )
     pipe.set_progress_bar_config(disable=True)
@@ -76,18 +88,28 @@ class PromptCache:
         return torch.stack([self._embeds[p] for p in prompts])
 
 
+def generate_jobs(pipe, jobs, *, steps: int, guidance: float, resolution: int, batch_size: int, desc: str,
+                  cache: PromptCache | None = None) -> list:
+    """The images of `seeded_jobs` (in their order)."""
+    return generate(pipe, [j[2] for j in jobs], [j[3] for j in jobs], steps=steps, guidance=guidance,
+                    resolution=resolution, batch_size=batch_size, desc=desc, cache=cache)
+
+
 @torch.no_grad()
 def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance: float, resolution: int,
              batch_size: int, desc: str = "generate", cache: PromptCache | None = None) -> list:
-    """One PIL image per (prompt, seed), drawn `batch_size` at a time."""
+    """One PIL image per (prompt, seed), drawn `batch_size` at a time; the bar counts images."""
     assert len(prompts) == len(seeds)
     cache = cache or PromptCache(pipe, pipe.device)
     images = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False):
+    bar = tqdm(total=len(prompts), desc=desc, unit="img", leave=False)
+    for start in range(0, len(prompts), batch_size):
         chunk_p, chunk_s = prompts[start : start + batch_size], seeds[start : start + batch_size]
         generators = [torch.Generator("cpu").manual_seed(s) for s in chunk_s]
         out = pipe(prompt_embeds=cache(chunk_p), negative_prompt_embeds=cache([NEGATIVE] * len(chunk_p)),
                    generator=generators, num_inference_steps=steps, guidance_scale=guidance,
                    height=resolution, width=resolution, output_type="pil")
         images.extend(out.images)
+        bar.update(len(chunk_p))
+    bar.close()
     return images

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+DEFAULT_MAX_SIZE = 1024  # px, short side of imported photos: training crops to 512 at most, metrics see 224
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".mpo", ".gif"}
 
 

@@ -11,7 +11,7 @@ def per_sample_error(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
 
 
-def preference_margin(l_ref_ref, l_theta_ref, l_ref_gen, l_theta_gen, beta: float) -> torch.Tensor:
+def preference_margin(*, l_ref_ref, l_theta_ref, l_ref_gen, l_theta_gen, beta: float) -> torch.Tensor:
     """Delta = beta * [(l_ref(x_ref) - l_theta(x_ref)) - (l_ref(x_gen, c) - l_theta(x_gen, c))]."""
     return beta * ((l_ref_ref - l_theta_ref) - (l_ref_gen - l_theta_gen))
 
@@ -27,13 +27,14 @@ def similarity_loss(l_theta_ref_inst: torch.Tensor) -> torch.Tensor:
     return l_theta_ref_inst.mean()
 
 
-def rpo_loss(l_theta_ref_inst, l_ref_ref, l_theta_ref, l_ref_gen, l_theta_gen, y, beta: float) -> dict:
+def rpo_loss(*, l_theta_ref_inst, l_ref_ref, l_theta_ref, l_ref_gen, l_theta_gen, y, beta: float) -> dict:
     """L = L_sim + L_pref, with the diagnostics DESIGN.md asks to log every step.
 
     beta = 0 makes Delta = 0, so L_pref is the constant ln 2 with zero gradient:
     the "pure L_sim" ablation.
     """
-    delta = preference_margin(l_ref_ref, l_theta_ref, l_ref_gen, l_theta_gen, beta)
+    delta = preference_margin(l_ref_ref=l_ref_ref, l_theta_ref=l_theta_ref, l_ref_gen=l_ref_gen,
+                              l_theta_gen=l_theta_gen, beta=beta)
     l_sim = similarity_loss(l_theta_ref_inst)
     l_pref = preference_loss(delta, y)
     return {"loss": l_sim + l_pref, "l_sim": l_sim, "l_pref": l_pref, "delta_abs": delta.detach().abs().mean()}

@@ -12,6 +12,7 @@ import torch
 
 from rpo.encoders import HFImageEncoder, dino_original_transform, dual_encoder
 from rpo.preprocessing import describe
+from rpo.registry import model_path
 
 
 def image_similarity(gen_emb: torch.Tensor, ref_emb: torch.Tensor) -> torch.Tensor:
@@ -27,21 +28,20 @@ def text_similarity(gen_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tens
 class MetricModels:
     """DINO and CLIP, loaded once per stage; separate from the reward model."""
 
-    def __init__(self, ev: dict, device="cpu"):
+    def __init__(self, ev, device="cpu"):
+        """`ev`: the config's `evaluate` section."""
         transform = None
-        if ev["preprocessing"] == "dino_original":
+        if ev.preprocessing == "dino_original":
             from transformers import AutoConfig
 
-            from rpo.encoders import resolve
-
-            size = AutoConfig.from_pretrained(resolve(ev["dino"])).image_size
+            size = AutoConfig.from_pretrained(model_path(ev.dino)).image_size
             transform = dino_original_transform(size)
-        self.dino = HFImageEncoder(ev["dino"], device, transform=transform)
-        self.clip = dual_encoder(ev["clip_backend"], ev["clip"], device)
+        self.dino = HFImageEncoder(ev.dino, device, transform=transform)
+        self.clip = dual_encoder(ev.clip_backend, ev.clip, device)
         # read back from the loaded processors and transforms: the report states what was done
         self.description = {
-            "dino_model": ev["dino"], "clip_model": ev["clip"], "clip_backend": ev["clip_backend"],
-            "preprocessing": ev["preprocessing"],
+            "dino_model": ev.dino, "clip_model": ev.clip, "clip_backend": ev.clip_backend,
+            "preprocessing": ev.preprocessing,
             "dino_preprocessing": describe(self.dino) + (" = DINO's evaluation transform" if transform else ""),
             "clip_preprocessing": describe(self.clip),
         }

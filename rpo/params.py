@@ -1,118 +1,39 @@
-"""params.yaml: loading, dotted overrides, and validation before any model is loaded.
+"""params.yaml: reading it (YAML 1.2), dotted overrides, and validation against the SPEC before any model loads.
 
-Every key is declared once in SPEC with its type and allowed range, so a typo, a wrong
-type or an out-of-range value fails at once with the key's name and the file.
+A typo, a wrong type or an out-of-range value fails at once with the key's name and the file.
+Numbers are read as YAML 1.2 reads them (`1e-3` is a number, as DVC reads it too), in the file,
+in presets and in `--set` overrides alike.
 """
 
 from __future__ import annotations
 
 import copy
-import json
+import io
 from pathlib import Path
 
-import yaml
+from rpo import config as C
 
 
 class ParamsError(ValueError):
     """A value in params.yaml is missing, of the wrong type or out of range."""
 
 
-def _num(lo=None, hi=None, integer=False):
-    def check(v):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)):
-            return f"must be {'an integer' if integer else 'a number'}, got {v!r}"
-        if lo is not None and v < lo:
-            return f"must be >= {lo}, got {v!r}"
-        if hi is not None and v > hi:
-            return f"must be <= {hi}, got {v!r}"
-        return None
-    return check
+def yaml_load(text: str):
+    """YAML 1.2 (ruamel's safe loader): the reading DVC itself gives params.yaml."""
+    from ruamel.yaml import YAML
+
+    return YAML(typ="safe", pure=True).load(text)
 
 
-def _str(v):
-    return None if isinstance(v, str) and v else f"must be a non-empty string, got {v!r}"
+def yaml_dump(data) -> str:
+    from ruamel.yaml import YAML
 
-
-def _bool(v):
-    return None if isinstance(v, bool) else f"must be true or false, got {v!r}"
-
-
-def _choice(*options):
-    return lambda v: None if v in options else f"must be one of {', '.join(map(str, options))}, got {v!r}"
-
-
-def _str_list(v):
-    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
-        return f"must be a list of names, got {v!r}"
-    return None
-
-
-def _unit_list(v):
-    if not isinstance(v, list) or not v or any(UNIT(x) for x in v):
-        return f"must be a non-empty list of numbers in [0, 1], got {v!r}"
-    return None
-
-
-POS = _num(lo=1, integer=True)
-NONNEG = _num(lo=0, integer=True)
-UNIT = _num(0.0, 1.0)
-PRECISION = _choice("fp32", "bf16", "fp16", "auto")
-
-SPEC = {
-    "subjects": _str_list,
-    "unique_token": _str,
-    "seed": NONNEG,
-    "device": _str,
-    "paths.subjects": _str,
-    "paths.dreambench": _str,
-    "model.base": _str,
-    "model.resolution": _num(8, 2048, integer=True),
-    "model.dtype": PRECISION,
-    "model.attention": _choice("sdpa", "eager"),
-    "prior.images_per_prompt": POS,
-    "prior.num_inference_steps": POS,
-    "prior.guidance_scale": _num(0.0),
-    "prior.batch_size": POS,
-    "reward.backend": _choice("transformers", "open_clip"),
-    "reward.model": _str,
-    "reward.lambda_train": UNIT,
-    "reward.batch_size": POS,
-    "labels.tau": _num(1e-6),
-    "labels.draws": POS,
-    "train.max_steps": POS,
-    "train.batch_size": POS,
-    "train.learning_rate": _num(0.0),
-    "train.weight_decay": _num(0.0),
-    "train.adam_beta1": _num(0.0, 1.0),
-    "train.adam_beta2": _num(0.0, 1.0),
-    "train.grad_clip": _num(0.0),
-    "train.beta": _num(0.0),
-    "train.share_noise": _bool,
-    "train.ref_prompt": _choice("instance", "pair"),
-    "train.mixed_precision": PRECISION,
-    "train.gradient_checkpointing": _bool,
-    "train.lora_rank": NONNEG,
-    "train.compile": _bool,
-    "validate.every": POS,
-    "validate.images_per_prompt": POS,
-    "validate.num_inference_steps": POS,
-    "validate.guidance_scale": _num(0.0),
-    "validate.lambda_val": UNIT,
-    "validate.early_stopping": _bool,
-    "validate.keep": _choice("all", "selectable"),
-    "evaluate.images_per_prompt": POS,
-    "evaluate.num_inference_steps": POS,
-    "evaluate.guidance_scale": _num(0.0),
-    "evaluate.batch_size": POS,
-    "evaluate.dino": _str,
-    "evaluate.clip": _str,
-    "evaluate.clip_backend": _choice("transformers", "open_clip"),
-    "evaluate.preprocessing": _choice("processor", "dino_original"),
-    "evaluate.base_images": _bool,
-    "evaluate.judges": _choice("none", "world"),
-    "ablate.lambda_val": UNIT,
-    "ablate.lambda_vals": _unit_list,
-}
+    yaml = YAML(typ="safe", pure=True)
+    yaml.default_flow_style = False
+    yaml.sort_base_mapping_type_on_output = False
+    buf = io.StringIO()
+    yaml.dump(data, buf)
+    return buf.getvalue()
 
 
 def get(params: dict, key: str):
@@ -133,56 +54,81 @@ def set_key(params: dict, key: str, value) -> None:
 
 
 def validate(params: dict, source: str = "params.yaml") -> dict:
+    """`params` unchanged if every key of the SPEC is there and valid and no other key is; else ParamsError."""
+    from rpo import registry
+
     errors = []
-    for key, check in SPEC.items():
+    for key in C.SPEC:
         try:
             value = get(params, key)
         except KeyError:
             errors.append(f"{key}: missing")
             continue
-        problem = check(value)
+        problem = C.problem(key, value)
+        if problem is None and key == "evaluate.judges" and value != "none" and value not in registry.judge_names():
+            problem = f"must be none or a registered judge ({', '.join(registry.judge_names()) or 'none installed'}), got {value!r}"
         if problem:
             errors.append(f"{key}: {problem}")
-    known_sections = {k.split(".")[0] for k in SPEC}
-    errors += [f"{k}: unknown key" for k in params if k not in known_sections]
+    errors += [f"{k}: unknown key" for k in params if k not in C.SECTIONS and k not in C.SPEC]
     for section, body in params.items():
-        if isinstance(body, dict):
-            errors += [f"{section}.{k}: unknown key" for k in body if f"{section}.{k}" not in SPEC]
+        if section in C.SECTIONS and isinstance(body, dict):
+            errors += [f"{section}.{k}: unknown key" for k in body if f"{section}.{k}" not in C.SPEC]
+        elif section in C.SECTIONS:
+            errors.append(f"{section}: must be a mapping of keys, got {body!r}")
     if errors:
         raise ParamsError(f"{source}: invalid parameters:\n  " + "\n  ".join(errors))
     return params
 
 
 def apply_overrides(params: dict, overrides: dict | None) -> dict:
-    """Return a copy with dotted-key overrides applied, e.g. {"train.max_steps": 200}."""
+    """A copy with dotted-key overrides applied, e.g. {"train.max_steps": 200}."""
     out = copy.deepcopy(params)
     for key, value in (overrides or {}).items():
-        if key not in SPEC:
+        if key not in C.SPEC:
             raise ParamsError(f"override {key}: unknown key")
         set_key(out, key, value)
     return out
 
 
 def parse_override(text: str) -> tuple[str, object]:
-    """'train.max_steps=200' -> ('train.max_steps', 200); values are YAML scalars."""
+    """'train.max_steps=200' -> ('train.max_steps', 200); values are YAML 1.2 scalars ('1e-3' is a number)."""
     if "=" not in text:
         raise ParamsError(f"override {text!r}: expected KEY=VALUE")
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    try:
+        parsed = yaml_load(value) if value.strip() else value
+    except Exception as e:  # ruamel raises several error types for broken YAML
+        raise ParamsError(f"override {key.strip()}: {value!r} is not a YAML value ({e})") from e
+    return key.strip(), parsed
 
 
-def load(path: str | Path = "params.yaml", overrides: dict | None = None) -> dict:
+def read(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise ParamsError(f"{path}: not found")
     try:
-        params = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML ({e})") from e
+        params = yaml_load(path.read_text())
+    except Exception as e:
+        raise ParamsError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
     if not isinstance(params, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level")
-    return validate(apply_overrides(params, overrides), str(path))
+    return params
 
 
-def dumps(params: dict) -> str:
-    return json.dumps(params, sort_keys=True)
+def load(path: str | Path = "params.yaml", overrides: dict | None = None) -> dict:
+    """params.yaml with overrides, validated: the plain mapping (what DVC reads, what presets rewrite)."""
+    return validate(apply_overrides(read(path), overrides), str(path))
+
+
+def load_config(path: str | Path = "params.yaml", overrides: dict | None = None) -> C.Config:
+    return C.from_dict(load(path, overrides))
+
+
+def overrides_from_args(args) -> dict:
+    """`--set KEY=VALUE` options as a dict."""
+    return dict(parse_override(o) for o in getattr(args, "set", None) or [])
+
+
+def config_from_args(args) -> C.Config:
+    """The config a command runs with: `--params` with its `--set` overrides."""
+    return load_config(args.params, overrides_from_args(args))

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from PIL import Image
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # DINO's and most ViTs' normalisation
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 def describe(encoder) -> str:
     """Resize, crop and normalisation of a transformers or open_clip encoder (rpo.encoders)."""

@@ -1,8 +1,8 @@
-"""Prompts of the paper and of DreamBench, and the unique-token rule.
+"""The paper's training prompts, the instance prompt, and the unique-token rule.
 
 A prompt names the subject as "a V k ...". Only the diffusion model's own text
 encoder ever sees V: reward and metric encoders never learned it, so it is
-removed first (`strip_token`).
+removed first (`strip_token`). The evaluation prompts are DreamBench's (rpo.dreambench).
 """
 
 from __future__ import annotations
@@ -31,52 +31,6 @@ TRAIN_LIVE = [
     "a green {v} {k}",
 ]
 
-_EVAL_SHARED = [
-    "a {v} {k} in the jungle",
-    "a {v} {k} in the snow",
-    "a {v} {k} on the beach",
-    "a {v} {k} on a cobblestone street",
-    "a {v} {k} on top of pink fabric",
-    "a {v} {k} on top of a wooden floor",
-    "a {v} {k} with a city in the background",
-    "a {v} {k} with a mountain in the background",
-    "a {v} {k} with a blue house in the background",
-    "a {v} {k} on top of a purple rug in a forest",
-]
-_EVAL_TAIL = [
-    "a red {v} {k}",
-    "a purple {v} {k}",
-    "a shiny {v} {k}",
-    "a wet {v} {k}",
-    "a cube shaped {v} {k}",
-]
-# The 25 DreamBench evaluation templates (dreambench/prompts_and_classes.txt).
-EVAL_OBJECT = _EVAL_SHARED + [
-    "a {v} {k} with a wheat field in the background",
-    "a {v} {k} with a tree and autumn leaves in the background",
-    "a {v} {k} with the Eiffel Tower in the background",
-    "a {v} {k} floating on top of water",
-    "a {v} {k} floating in an ocean of milk",
-    "a {v} {k} on top of green grass with sunflowers around it",
-    "a {v} {k} on top of a mirror",
-    "a {v} {k} on top of the sidewalk in a crowded street",
-    "a {v} {k} on top of a dirt road",
-    "a {v} {k} on top of a white rug",
-] + _EVAL_TAIL
-EVAL_LIVE = _EVAL_SHARED + [
-    "a {v} {k} wearing a red hat",
-    "a {v} {k} wearing a santa hat",
-    "a {v} {k} wearing a rainbow scarf",
-    "a {v} {k} wearing a black top hat and a monocle",
-    "a {v} {k} in a chef outfit",
-    "a {v} {k} in a firefighter outfit",
-    "a {v} {k} in a police outfit",
-    "a {v} {k} wearing pink glasses",
-    "a {v} {k} wearing a yellow shirt",
-    "a {v} {k} in a purple wizard outfit",
-] + _EVAL_TAIL
-
-
 def fill(templates: list[str], token: str, class_noun: str) -> list[str]:
     return [t.format(v=token, k=class_noun) for t in templates]
 
@@ -85,8 +39,9 @@ def training_prompts(token: str, class_noun: str, live: bool) -> list[str]:
     return fill(TRAIN_LIVE if live else TRAIN_OBJECT, token, class_noun)
 
 
-def evaluation_prompts(token: str, class_noun: str, live: bool) -> list[str]:
-    return fill(EVAL_LIVE if live else EVAL_OBJECT, token, class_noun)
+def subject_training_prompts(ctx) -> list[str]:
+    """The training prompts of a stage's subject (rpo.context.Context)."""
+    return training_prompts(ctx.token, ctx.subject.class_noun, ctx.subject.live)
 
 
 def instance_prompt(token: str, class_noun: str) -> str:

@@ -16,6 +16,7 @@ def align_i(image_emb, ref_emb, leave_out=None):
 
     `leave_out[i]` is the index of the reference that image i *is* (or -1): a reference
     image is scored against the other references only, else it would score itself 1.0.
+    A subject of one photo has no other reference: its photo scores itself, 1.0.
     """
     sims = _unit(image_emb @ ref_emb.T)  # (n_images, n_refs)
     if leave_out is None:
@@ -23,8 +24,8 @@ def align_i(image_emb, ref_emb, leave_out=None):
     mask = sims.new_ones(sims.shape).bool()
     rows = (leave_out >= 0).nonzero().flatten()
     mask[rows, leave_out[rows]] = False
-    if (mask.sum(dim=1) == 0).any():
-        raise ValueError("leave-one-out ALIGN-I needs at least two reference images")
+    alone = mask.sum(dim=1) == 0
+    mask[alone] = True
     return (sims * mask).sum(dim=1) / mask.sum(dim=1)
 
 

@@ -10,6 +10,11 @@ from rpo.reward import align_i, align_t
 
 
 class RewardModel:
+    @classmethod
+    def of(cls, reward, references, token: str, device="cpu") -> "RewardModel":
+        """The reward model of the config's `reward` section."""
+        return cls(reward.backend, reward.model, references, token, device, reward.batch_size)
+
     def __init__(self, backend: str, name: str, references, token: str, device="cpu", batch_size: int = 32):
         self.encoder = dual_encoder(backend, name, device)
         self.encoder.batch_size = batch_size

@@ -1,5 +1,6 @@
-"""The embedded default: tiny models of the real classes, built offline from a fixed seed.
+"""Tiny models of the real classes, built offline from a fixed seed: the fastest runs and the unit tests.
 
+Registered with rpo.registry (entry point group `rpo.models`) as `tiny`, `tiny-v`, `tiny-clip`, ...
 Each builder writes a directory in the same format as the real model on the hub
 (diffusers pipeline, transformers model + processor, open_clip local-dir), so the
 product loads them through exactly the same code path as real weights. Nothing here
@@ -12,27 +13,35 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 from pathlib import Path
 
 import torch
 
 from rpo.artifacts import atomic_dir
+from rpo.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 SEED = 0
 RESOLUTION = 32  # pixels; the tiny VAE downsamples by 2, so latents are 16 x 16
-TINY_NAMES = ("tiny", "tiny-v", "tiny-clip", "tiny-clip-metric", "tiny-dino", "tiny-open_clip")
+NAMES = ("tiny", "tiny-v", "tiny-clip", "tiny-clip-metric", "tiny-dino", "tiny-open_clip")
 VERSION = "v1"  # bump when a builder changes, so old cached builds are not reused
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("RPO_CACHE", Path.home() / ".cache" / "rpo")) / "tiny" / VERSION
+    """Where models built offline are kept: RPO_CACHE, or ~/.cache/rpo."""
+    return Path(os.environ.get("RPO_CACHE", Path.home() / ".cache" / "rpo"))
 
 
-def tiny_path(name: str) -> Path:
+def location(name: str) -> Path:
+    """Where the tiny model `name` is built."""
+    if name not in NAMES:
+        raise ValueError(f"unknown tiny model {name!r}; known: {', '.join(NAMES)}")
+    return cache_root() / "tiny" / VERSION / name
+
+
+def path(name: str) -> Path:
     """Directory of the tiny model `name`, built on first use (atomically, so parallel workers are safe)."""
-    if name not in TINY_NAMES:
-        raise ValueError(f"unknown tiny model {name!r}; known: {', '.join(TINY_NAMES)}")
-    out = cache_root() / name
+    out = location(name)
     if not (out / ".complete").exists():
         with atomic_dir(out) as tmp:
             _BUILDERS[name](tmp)
@@ -40,7 +49,7 @@ def tiny_path(name: str) -> Path:
     return out
 
 
-def _clip_tokenizer(out: Path):
+def clip_tokenizer(out: Path):
     """A real CLIP BPE tokenizer (same vocabulary as OpenAI CLIP) from open_clip's bundled file."""
     import open_clip.tokenizer as oct
     from transformers import CLIPTokenizer
@@ -69,7 +78,7 @@ def _text_config(**kw):
 
 
 def _build_sd(out: Path, prediction_type: str = "epsilon"):
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(SEED)
@@ -84,17 +93,22 @@ def _build_sd(out: Path, prediction_type: str = "epsilon"):
         sample_size=RESOLUTION,
     )
     text_encoder = CLIPTextModel(_text_config())
-    tokenizer, src = _clip_tokenizer(out)
-    scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type,
-    )
+    tokenizer, src = clip_tokenizer(out)
+    scheduler = ddim_scheduler(prediction_type)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.save_pretrained(out, safe_serialization=True)
-    _rmtree(src)
+    shutil.rmtree(src)
+
+
+def ddim_scheduler(prediction_type: str = "epsilon"):
+    """Stable Diffusion 1.x/2.x's noise schedule with a DDIM sampler (the tiny and the world pipelines use it)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
+                         set_alpha_to_one=False, steps_offset=1, prediction_type=prediction_type)
 
 
 def _image_processor(mean=None, std=None):
@@ -112,9 +126,9 @@ def _build_clip(out: Path, seed: int):
                               image_size=RESOLUTION, patch_size=8)
     config = CLIPConfig(text_config=_text_config().to_dict(), vision_config=vision.to_dict(), projection_dim=16)
     CLIPModel(config).save_pretrained(out, safe_serialization=True)
-    tokenizer, src = _clip_tokenizer(out)
+    tokenizer, src = clip_tokenizer(out)
     CLIPProcessor(image_processor=_image_processor(), tokenizer=tokenizer).save_pretrained(out)
-    _rmtree(src)
+    shutil.rmtree(src)
 
 
 def _build_dino(out: Path):
@@ -124,8 +138,7 @@ def _build_dino(out: Path):
     config = ViTConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
                        image_size=RESOLUTION, patch_size=8)
     ViTModel(config, add_pooling_layer=False).save_pretrained(out, safe_serialization=True)
-    imagenet = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
-    _image_processor(*imagenet).save_pretrained(out)
+    _image_processor(list(IMAGENET_MEAN), list(IMAGENET_STD)).save_pretrained(out)
 
 
 def _build_open_clip(out: Path):
@@ -143,12 +156,6 @@ def _build_open_clip(out: Path):
     out.mkdir(parents=True, exist_ok=True)
     (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "open_clip_model.safetensors")
-
-
-def _rmtree(path: Path):
-    import shutil
-
-    shutil.rmtree(path)
 
 
 _BUILDERS = {

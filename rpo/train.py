@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -14,6 +13,7 @@ import torch
 from tqdm import tqdm
 
 from rpo import generate
+from rpo.config import Train
 from rpo.device import pick_dtype
 from rpo.loss import per_sample_error, rpo_loss
 
@@ -117,42 +117,17 @@ def rpo_step_losses(unet, ref_unet, scheduler, batch: dict, *, beta: float, shar
                 l_ref = per_sample_error(ref_unet(z_t.to(ref_unet.dtype), t, cond.to(ref_unet.dtype)).sample, target)
         else:
             l_ref = l_theta.detach()  # Delta is 0 whatever l_ref is: skip the frozen U-Net
-    out = rpo_loss(l_theta_inst, l_ref[:n], l_theta[:n], l_ref[n:], l_theta[n:], batch["y"], beta)
+    out = rpo_loss(l_theta_ref_inst=l_theta_inst, l_ref_ref=l_ref[:n], l_theta_ref=l_theta[:n], l_ref_gen=l_ref[n:],
+                   l_theta_gen=l_theta[n:], y=batch["y"], beta=beta)
     out["p_dev"] = (batch["p"] - 0.5).abs().mean()
     out["label_mean"] = batch["y"].mean()
     return out
 
 
-@dataclass
-class TrainConfig:
-    max_steps: int
-    batch_size: int
-    learning_rate: float
-    weight_decay: float
-    adam_beta1: float
-    adam_beta2: float
-    grad_clip: float
-    beta: float
-    share_noise: bool
-    ref_prompt: str
-    mixed_precision: str
-    gradient_checkpointing: bool
-    lora_rank: int
-    compile: bool
-    validate_every: int
-    seed: int
-
-    @classmethod
-    def from_params(cls, params: dict) -> "TrainConfig":
-        t = params["train"]
-        return cls(validate_every=params["validate"]["every"], seed=params["seed"],
-                   **{k: t[k] for k in cls.__dataclass_fields__ if k in t})
-
-
-def validation_steps(cfg: TrainConfig) -> list[int]:
+def validation_steps(max_steps: int, every: int) -> list[int]:
     """Every `validate.every` steps, and always the last step (so early stopping can be turned off)."""
-    steps = list(range(cfg.validate_every, cfg.max_steps + 1, cfg.validate_every))
-    return steps if steps and steps[-1] == cfg.max_steps else steps + [cfg.max_steps]
+    steps = list(range(every, max_steps + 1, every))
+    return steps if steps and steps[-1] == max_steps else steps + [max_steps]
 
 
 def frozen_reference(unet, dtype: torch.dtype):
@@ -196,7 +171,7 @@ class AdaptersOff:
             self.unet.enable_adapters()
 
 
-def trainable_unets(unet, cfg: TrainConfig, device, ref_dtype):
+def trainable_unets(unet, cfg: Train, device, ref_dtype):
     """(eps_theta, eps_ref or None when beta = 0).
 
     Full fine-tuning: fp32 master weights (autocast gives mixed precision) and a frozen copy in
@@ -217,7 +192,8 @@ def trainable_unets(unet, cfg: TrainConfig, device, ref_dtype):
     return unet, ref
 
 
-def train(pipe, data: PairData, cfg: TrainConfig, *, device, ref_dtype, on_validate, on_log) -> None:
+def train(pipe, data: PairData, cfg: Train, *, validate_every: int, seed: int, device, ref_dtype, on_validate,
+          on_log) -> None:
     """Fine-tune pipe.unet in place; on_validate(step, unet) at each validation step, on_log(row) every step.
 
     `ref_dtype` (model.dtype) is the precision of everything that runs without gradients: the frozen
@@ -227,15 +203,15 @@ def train(pipe, data: PairData, cfg: TrainConfig, *, device, ref_dtype, on_valid
         frozen.requires_grad_(False)
     unet, ref_unet = trainable_unets(pipe.unet, cfg, device, ref_dtype)
     params = [p for p in unet.parameters() if p.requires_grad]
-    scheduler = _training_scheduler(pipe)
+    scheduler = training_scheduler(pipe)
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                             weight_decay=cfg.weight_decay)
     train_dtype = pick_dtype(cfg.mixed_precision, device)
     autocast = _autocast(train_dtype, device)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a no-op)
     scaler = torch.amp.GradScaler(device.type, enabled=train_dtype == torch.float16)
-    generator = torch.Generator("cpu").manual_seed(cfg.seed)
-    checks = set(validation_steps(cfg))
+    generator = torch.Generator("cpu").manual_seed(seed)
+    checks = set(validation_steps(cfg.max_steps, validate_every))
     log.info("training %d steps on %d pairs (batch %d, beta %g, %s, %d trainable weights), validating at steps %s",
              cfg.max_steps, data.n_pairs, cfg.batch_size, cfg.beta,
              f"LoRA rank {cfg.lora_rank}" if cfg.lora_rank else "full U-Net", sum(p.numel() for p in params),
@@ -243,8 +219,7 @@ def train(pipe, data: PairData, cfg: TrainConfig, *, device, ref_dtype, on_valid
     bar = tqdm(range(1, cfg.max_steps + 1), desc="finetune", unit="step")
     for step in bar:
         unet.train()
-        start = time.perf_counter()
-        idx, draw = data.batch_indices(step - 1, cfg.batch_size, cfg.seed)
+        idx, draw = data.batch_indices(step - 1, cfg.batch_size, seed)
         out = rpo_step_losses(unet, ref_unet, scheduler, data.batch(idx, draw, device), beta=cfg.beta,
                               share_noise=cfg.share_noise, ref_prompt=cfg.ref_prompt, generator=generator,
                               autocast=autocast)
@@ -254,8 +229,7 @@ def train(pipe, data: PairData, cfg: TrainConfig, *, device, ref_dtype, on_valid
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         scaler.step(opt)
         scaler.update()
-        row = {"step": step, **{k: float(v.detach()) for k, v in out.items()}, "grad_norm": float(grad_norm),
-               "seconds": time.perf_counter() - start}
+        row = {"step": step, **{k: float(v.detach()) for k, v in out.items()}, "grad_norm": float(grad_norm)}
         on_log(row)
         bar.set_postfix(loss=f"{row['loss']:.4f}", l_pref=f"{row['l_pref']:.4f}", delta=f"{row['delta_abs']:.2e}")
         if step in checks:
@@ -264,7 +238,8 @@ def train(pipe, data: PairData, cfg: TrainConfig, *, device, ref_dtype, on_valid
                 on_validate(step, unet)
 
 
-def _training_scheduler(pipe):
+def training_scheduler(pipe):
+    """DDPM with the base model's noise schedule and prediction type: the forward process of training."""
     from diffusers import DDPMScheduler
 
     return DDPMScheduler.from_config(pipe.scheduler.config)

@@ -28,8 +28,9 @@ class BadInputError(CommandError):
 
 
 def environment(workspace: Path) -> dict[str, str]:
-    """The workspace's checkout first on the Python path, so `rpo ...` stage commands run the run's own library."""
-    paths = [str(workspace), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    """The workspace's checkout first on the Python path (the core and the world plug-in), so `rpo ...` stage
+    commands run the run's own library."""
+    paths = [str(workspace), str(Path(workspace) / "world"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     return {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(paths),

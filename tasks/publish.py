@@ -34,8 +34,9 @@ def key(subject: str, what: str) -> str:
 
 
 def metrics_row(workspace: Path, subject: str) -> dict:
-    metrics = A.read_json(A.Paths(Path(workspace), subject).metrics)
-    return {k: metrics[k] for k in SHOWN}
+    paths = A.Paths(Path(workspace), subject)
+    record = {**A.read_json(paths.about), **A.read_json(paths.metrics)}
+    return {k: record[k] for k in SHOWN}
 
 
 @task(name="publish", cache_policy=NO_CACHE)
@@ -63,13 +64,11 @@ def publish_subject(workspace: Path, subject: str, stages: list[dict], overrides
 
 def draw(ws: Path, subject: str) -> dict[str, Path]:
     """The subject's image grid and validation curve, drawn by the report's own code (no model, no GPU)."""
-    import pandas as pd
-
-    from rpo.report import draw as draw_subject
+    from rpo.stages.report import draw as draw_subject
 
     out = ws / "reports"
-    record = pd.Series(A.read_json(A.Paths(ws, subject).metrics))
-    drawn = draw_subject(ws, P.load(ws / "params.yaml"), record, out / "figures", out / "curves")
+    record = {"subject": subject, **A.read_json(A.Paths(ws, subject).metrics)}
+    drawn = draw_subject(ws, P.load_config(ws / "params.yaml"), record, out / "figures", out / "curves")
     return {name: out / rel for name, rel in drawn.items()}
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from rpo.context import STAGES
+from rpo.stages import SUBJECT_STAGES as STAGES
 from tasks import dvc
 from tasks.workspace import retry_unless_bad_input
 
@@ -28,6 +28,12 @@ def run_stage(workspace: Path, stage: str) -> dict:
     start = time.perf_counter()
     status = dvc.reproduce(Path(workspace), stage, get_run_logger())
     return {"stage": stage, "status": status, "seconds": round(time.perf_counter() - start, 1)}
+
+
+@task(name="check", **_OPTIONS)
+def check(workspace: Path, stage: str = "check") -> dict:
+    """params.yaml and the run's subjects, before any stage loads a model (every subject stage depends on it)."""
+    return run_stage(workspace, stage)
 
 
 @task(name="prior", tags=[GPU], **_OPTIONS)
@@ -73,4 +79,4 @@ def checkout(workspace: Path, locked: list[dict]) -> None:
     dvc.dvc(Path(workspace), "pull", *(e["stage"] for e in locked), log=get_run_logger())
 
 
-SUBJECT_STAGES = tuple({t.name: t for t in (prior, score, labels, finetune, select, evaluate)}[s] for s in STAGES)
+SUBJECT_STAGES = tuple({t.name: t for t in (prior, score, labels, finetune, select, evaluate)}[s] for s in STAGES[1:])

@@ -2,6 +2,7 @@
 
 Tiny models are built once into the user cache (RPO_CACHE or ~/.cache/rpo), offline, as the
 product does; every test works on its own copy of the project so nothing leaks into the repo.
+A copy's commands run the copy's code (PYTHONPATH), as DVC and Prefect run a workspace's.
 """
 
 from __future__ import annotations
@@ -15,26 +16,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.project import REPO, SMALL, copy_project, git_init, project_files  # noqa: F401 - the tests' helpers
 from rpo import params as P
 from rpo import presets
 
-REPO = Path(__file__).resolve().parents[1]
 DREAMBENCH = REPO.parent / "shared" / "dreambench"
 
 # The bundled subject on the tiny models at small counts: every stage runs, in seconds,
 # whatever the project's default params.yaml says.
-FAST = {
-    **presets.load("tiny"),
-    "subjects": ["duck_toy"],
-    "prior.images_per_prompt": 2,
-    "prior.num_inference_steps": 2,
-    "labels.draws": 4,
-    "train.max_steps": 4,
-    "validate.every": 2,
-    "validate.num_inference_steps": 2,
-    "evaluate.images_per_prompt": 1,
-    "evaluate.num_inference_steps": 2,
-}
+FAST = {**presets.load("tiny"), **SMALL}
 
 # Under pytest-xdist every worker (and the stage, DVC and Prefect processes it starts) gets one
 # thread per library: two workers with a thread pool each on two cores spin against each other
@@ -47,24 +37,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
 
 
-def project_files() -> list[str]:
-    """Tracked files plus new files git does not ignore: what a fresh clone with this change holds."""
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                         cwd=REPO, capture_output=True, check=True).stdout
-    return [f for f in out.decode().split("\0") if f and (REPO / f).is_file()]
-
-
-def copy_project(dest: Path, overrides: dict | None = None) -> Path:
-    """A copy of the project at `dest` with `overrides` written into its params.yaml."""
-    for rel in project_files():
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, target)
-    if overrides:
-        write_params(dest, overrides)
-    return dest
-
-
 def write_params(root: Path, overrides: dict) -> dict:
     params = P.apply_overrides(P.load(root / "params.yaml"), overrides)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -73,39 +45,51 @@ def write_params(root: Path, overrides: dict) -> dict:
 
 def add_dreambench(root: Path, names: list[str]) -> None:
     """Import DreamBench subjects from ../shared/dreambench into the project copy, as `rpo subjects add-dreambench`."""
-    from rpo import dreambench
+    from rpo.importer import add_dreambench as add
 
-    dreambench.add_subjects(DREAMBENCH, root / "data" / "subjects", names)
+    add(DREAMBENCH, root / "data" / "subjects", names)
 
 
-def dreambench_classes() -> dict[str, tuple[str, bool]]:
-    """subject -> (class noun, live): the product's built-in DreamBench catalog."""
-    from rpo.dreambench import CATALOG
+# the 30 DreamBench subjects (512 px, CC BY 4.0) sit beside the project in development; elsewhere the
+# tests that import them are skipped, saying why
+needs_dreambench = pytest.mark.skipif(not (DREAMBENCH / "prompts_and_classes.txt").exists(),
+                                      reason=f"DreamBench photos not found at {DREAMBENCH}")
 
-    return {name: (e.class_noun, e.live) for name, e in CATALOG.items()}
+
+def run_stages(root: Path, subject: str, names=None, params: dict | None = None):
+    """Stages of one subject in this process, as `rpo run` does; returns the context."""
+    from rpo import stages
+    from rpo.config import from_dict
+    from rpo.context import context
+
+    cfg = from_dict(params or P.load(root / "params.yaml"))
+    ctx = context(root, cfg, subject)
+    stages.module("check").check_all(root, cfg)
+    for name in names or stages.SUBJECT_STAGES[1:]:
+        stages.run(name, ctx)
+    return ctx
+
+
+def code_env(root: Path) -> dict:
+    """The environment in which `rpo` and `dvc` commands in the project copy `root` run its own code."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "world")])}
 
 
 def rpo(root: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the `rpo` CLI in `root` as a user would."""
     proc = subprocess.run([sys.executable, "-m", "rpo.cli", *args], cwd=root, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+                          env={**code_env(root), **(env or {})})
     if check and proc.returncode != 0:
         raise AssertionError(f"rpo {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
 def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True,
+                          env=code_env(root))
     if check and proc.returncode != 0:
         raise AssertionError(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc
-
-
-def git_init(root: Path) -> None:
-    """A git repository with one commit: DVC experiments and Prefect workspaces clone from it."""
-    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"],
-                ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"]):
-        subprocess.run(["git", *cmd], cwd=root, check=True)
 
 
 @pytest.fixture
@@ -117,13 +101,8 @@ def project(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory) -> Path:
     """The bundled subject through every stage once (in-process, FAST parameters), shared by read-only tests."""
-    from rpo import stages
-
     root = copy_project(tmp_path_factory.mktemp("run") / "project", FAST)
-    params = P.load(root / "params.yaml")
-    ctx = stages.context(root, params, params["subjects"][0])
-    for name in stages.STAGES:
-        stages.STAGE_FUNCTIONS[name](ctx)
+    run_stages(root, FAST["subjects"][0])
     return root
 
 

@@ -11,9 +11,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import FAST, copy_project, rpo, write_params
-from rpo import params as P
-from rpo import stages
+from conftest import FAST, copy_project, rpo, run_stages, write_params
 from rpo.images import load_rgb
 
 SUBJECT = "duck_toy"
@@ -48,6 +46,13 @@ def test_subject_folder_without_images(project, empty_cache):
     for img in _subject_dir(project).glob("*.jpg"):
         img.unlink()
     _fails(project, empty_cache, "stage", "prior", "--subject", SUBJECT, match=f"{_subject_dir(project)}: no images")
+
+
+def test_numbers_in_yaml_1_2_form_are_numbers(project, empty_cache):
+    out = rpo(project, "--set", "train.learning_rate=1e-3", "--set", "labels.tau=2E-1", "check", env=empty_cache[0])
+    assert f"{SUBJECT}: 4 images" in out.stdout
+    _fails(project, empty_cache, "--set", "train.learning_rate=fast", "check",
+           match="train.learning_rate: must be a number, got 'fast'")
 
 
 @pytest.mark.parametrize("content", [b"", b"not a jpeg at all", b"\xff\xd8\xff\xe0garbage"])
@@ -135,6 +140,7 @@ def test_subjects_add_validates_then_copies(project, tmp_path):
     assert "added cup: 3 images" in out.stdout
     dest = project / "data" / "subjects" / "cup"
     assert yaml.safe_load((dest / "subject.yaml").read_text()) == {"class_noun": "cup", "live": False}
+    assert "cup" in rpo(project, "subjects", "list").stdout
     assert sorted(p.name for p in dest.glob("*.png")) == ["00.png", "01.png", "02.png"]
     assert all(Image.open(p).mode == "RGB" for p in dest.glob("*.png"))
 
@@ -171,10 +177,7 @@ def test_preset_keeps_the_comments_of_the_shipped_params(tmp_path):
 @pytest.mark.slow
 def test_finetune_killed_half_way_leaves_nothing_that_select_would_take(tmp_path):
     root = copy_project(tmp_path / "kill", {**FAST, "train.max_steps": 400, "validate.every": 2})
-    ctx = stages.context(root, P.load(root / "params.yaml"), SUBJECT)
-    for stage in ("prior", "score", "labels"):
-        stages.STAGE_FUNCTIONS[stage](ctx)
-    paths = ctx.paths
+    paths = run_stages(root, SUBJECT, ["prior", "score", "labels"]).paths
     proc = subprocess.Popen([sys.executable, "-m", "rpo.cli", "stage", "finetune", "--subject", SUBJECT], cwd=root,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120

@@ -17,13 +17,13 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import FAST, REPO
+from conftest import FAST, REPO, run_stages
 from rpo import artifacts as A
-from rpo import checkpoints, stages
+from rpo import checkpoints
 from rpo import params as P
+from rpo.config import Train
 from rpo.generate import PromptCache, generate, load_pipeline
-from rpo.train import AdaptersOff, TrainConfig, _training_scheduler, add_lora, frozen_reference, rpo_step_losses
-from rpo.train import trainable_unets
+from rpo.train import AdaptersOff, add_lora, frozen_reference, rpo_step_losses, trainable_unets, training_scheduler
 
 sys.path.insert(0, str(REPO))  # bench/ is a folder of scripts beside the package, not an installed module
 
@@ -74,7 +74,7 @@ def _batch(pipe, seed=0):
 
 
 def _losses(pipe, unet, ref, seed=0):
-    return rpo_step_losses(unet, ref, _training_scheduler(pipe), _batch(pipe), beta=1.0, share_noise=False,
+    return rpo_step_losses(unet, ref, training_scheduler(pipe), _batch(pipe), beta=1.0, share_noise=False,
                            ref_prompt="instance", generator=torch.Generator().manual_seed(seed))
 
 
@@ -124,7 +124,7 @@ def test_lora_checkpoint_is_small_and_loads_as_the_trained_unet(pipe, tmp_path):
 
 
 def test_lora_training_updates_only_the_adapters(pipe):
-    cfg = TrainConfig.from_params(P.apply_overrides(P.load(REPO / "params.yaml"), {"train.lora_rank": 4}))
+    cfg = Train(lora_rank=4)
     unet, ref = trainable_unets(copy.deepcopy(pipe.unet), cfg, CPU, torch.float32)
     out = _losses(pipe, unet, ref)
     out["loss"].backward()
@@ -153,16 +153,14 @@ def test_keep_selectable_keeps_every_checkpoint_select_can_pick():
 def test_lora_run_with_keep_selectable_feeds_select_and_evaluate(project):
     params = P.load(project / "params.yaml", {"train.lora_rank": 4, "validate.keep": "selectable",
                                               "evaluate.base_images": False, "evaluate.num_inference_steps": 1})
-    ctx = stages.context(project, params, FAST["subjects"][0])
-    for name in stages.STAGES:
-        stages.STAGE_FUNCTIONS[name](ctx)
+    ctx = run_stages(project, FAST["subjects"][0], params=params)
     validation = A.read_table(ctx.paths.validation, A.VALIDATION).to_pandas()
     kept = {int(d.name.split("_")[1]) for d in ctx.paths.checkpoints.iterdir()}
     assert kept == checkpoints.selectable_steps(validation) and kept <= set(validation["step"])
     assert all([f.name for f in d.iterdir()] == [checkpoints.LORA] for d in ctx.paths.checkpoints.iterdir())
     assert (ctx.paths.selected / "unet" / checkpoints.LORA).exists()
     assert A.read_json(ctx.paths.metrics)["images_per_prompt"] == FAST["evaluate.images_per_prompt"]
-    assert A.read_json(ctx.paths.model_dir / "train.json")["config"]["lora_rank"] == 4
+    assert all((d / checkpoints.LORA).exists() for d in ctx.paths.checkpoints.iterdir())
 
 
 def test_sd21_architecture_builds_from_the_published_configs_and_trains_on_the_cpu():
@@ -175,13 +173,12 @@ def test_sd21_architecture_builds_from_the_published_configs_and_trains_on_the_c
     sd = load_pipeline(build(divisor=8)["base"], CPU)
     assert sd.unet.config.attention_head_dim == [5, 10, 20, 20] and sd.unet.config.block_out_channels == [40, 80, 160, 160]
     assert sd.scheduler.config.prediction_type == "v_prediction" and sd.text_encoder.config.num_hidden_layers == 23
-    cfg = TrainConfig.from_params(P.load(REPO / "params.yaml"))
-    unet, ref = trainable_unets(sd.unet, cfg, CPU, torch.bfloat16)
+    unet, ref = trainable_unets(sd.unet, Train(), CPU, torch.bfloat16)
     g = torch.Generator().manual_seed(0)
     emb = torch.randn(3, 77, sd.text_encoder.config.hidden_size, generator=g)
     batch = {"z_ref": torch.randn(1, 4, 8, 8, generator=g), "z_gen": torch.randn(1, 4, 8, 8, generator=g),
              "c_inst": emb[:1], "c_pair": emb[1:2], "y": torch.tensor([1.0]), "p": torch.tensor([0.6])}
-    out = rpo_step_losses(unet, ref, _training_scheduler(sd), batch, beta=1.0, share_noise=False,
+    out = rpo_step_losses(unet, ref, training_scheduler(sd), batch, beta=1.0, share_noise=False,
                           ref_prompt="instance", generator=g)
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and all(p.grad is not None for p in unet.parameters())

@@ -22,13 +22,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import FAST, add_dreambench, copy_project, git_init
-from prefect_stack import PrefectStack
+from conftest import FAST, add_dreambench, copy_project, git_init, needs_dreambench
+from bench.prefect_stack import PrefectStack
 
-from rpo.context import STAGES
+from rpo.stages import SUBJECT_STAGES
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, needs_dreambench]
 
+STAGES = SUBJECT_STAGES[1:]  # per subject; `check` runs first, for the run's subjects
 BUNDLED = "duck_toy"  # the DreamBench subject bundled with the project
 BATCH = [BUNDLED, "cat", "dog6"]  # cat, dog6: DreamBench subjects with few, small photos
 BROKEN = "broken_toy"  # a copy of the bundled subject with one photo that is not an image

@@ -15,10 +15,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import DREAMBENCH, FAST, copy_project, dvc, git_init, rpo, write_params
+from conftest import DREAMBENCH, FAST, copy_project, dvc, git_init, needs_dreambench, rpo, run_stages, write_params
 from rpo import artifacts as A
 from rpo import params as P
-from rpo import stages
+from rpo.stages import STAGES
 from rpo.subjects import load_subject
 
 SUBJECTS = ["can", "dog", "teapot"]  # two objects, one live subject
@@ -30,26 +30,24 @@ BATCH = {**FAST, "subjects": SUBJECTS, "prior.images_per_prompt": 1, "prior.num_
          "train.max_steps": 2, "validate.every": 1, "validate.num_inference_steps": 1,
          "evaluate.num_inference_steps": 1}
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, needs_dreambench]
 
 
 @pytest.fixture(scope="module")
 def benchmark(tmp_path_factory):
     root = copy_project(tmp_path_factory.mktemp("dreambench") / "project", BATCH)
     rpo(root, "subjects", "add-dreambench", "--dataset", str(DREAMBENCH), *SUBJECTS)
-    params = P.load(root / "params.yaml")
+    rpo(root, "stage", "check")
     for subject in SUBJECTS:
-        ctx = stages.context(root, params, subject)
-        for name in stages.STAGES:
-            stages.STAGE_FUNCTIONS[name](ctx)
+        run_stages(root, subject)
     git_init(root)
-    dvc(root, "commit", "-f", *stages.STAGES)
+    dvc(root, "commit", "-f", *(s for s in STAGES if s != "report"))
     repro = dvc(root, "repro")
     return root, repro.stdout
 
 
 def _metrics(root):
-    return {s: A.read_json(A.Paths(root, s).metrics) for s in SUBJECTS}
+    return {s: {**A.read_json(A.Paths(root, s).about), **A.read_json(A.Paths(root, s).metrics)} for s in SUBJECTS}
 
 
 def test_the_report_is_a_dvc_stage_over_the_recorded_batch(benchmark):
@@ -70,7 +68,7 @@ def test_report_rows_equal_the_subject_metrics_they_summarise(benchmark):
             assert row["n"] == len(names)
             cells = []
             for m in METRICS:
-                values = [metrics[s][m] if key == "summary" else metrics[s]["base"][m] for s in names]
+                values = [metrics[s][m] if key == "summary" else metrics[s][f"base_{m}"] for s in names]
                 assert row[m]["mean"] == pytest.approx(np.mean(values))
                 assert row[m]["std"] == pytest.approx(np.std(values))
                 cells.append(f"{np.mean(values):.3f} ± {np.std(values):.3f}")
@@ -98,8 +96,10 @@ def test_report_lists_each_subject_with_step_training_time_and_image_counts(benc
     text = (root / "reports" / "summary.md").read_text()
     for s, m in _metrics(root).items():
         group = "live" if m["live"] else "object"
-        assert (f"| {s} | {m['class_noun']} | {group} | {m['selected_step']} | {m['train_seconds']:.0f} | "
+        assert (f"| {s} | {m['class_noun']} | {group} | {m['selected_step']} | "
                 f"{m['n_references']} | 25 x 1 | {m['dino']:.3f} | {m['clip_i']:.3f} | {m['clip_t']:.3f} |") in text
+    timings = (root / "reports" / "timings.md").read_text()
+    assert all(f"| {s} | " in timings for s in SUBJECTS)  # wall times beside the report, not in a DVC output
 
 
 def _not_blank(path) -> np.ndarray:
@@ -136,21 +136,23 @@ def test_lambda_val_ablation_selects_every_row_from_one_training_run(benchmark):
     write_params(root, {"ablate.lambda_vals": [0.3, 0.7]})  # one row from the main pipeline, one of its own
     first = rpo(root, "ablate", "dog", "--tables", "3")
     ran = re.findall(r"Running stage '([^']+)'", first.stdout + first.stderr)
-    assert sorted(ran) == ["ablations/dvc.yaml:evaluate-rpo-es70@dog", "ablations/dvc.yaml:report",
-                           "ablations/dvc.yaml:select-rpo-es70@dog"]  # no finetune: the main one is reused
+    select, evaluate = "select-validate.lambda_val-0.7", "evaluate-evaluate.base_images-false_validate.lambda_val-0.7"
+    assert sorted(ran) == [f"ablations/dvc.yaml:{evaluate}@dog", "ablations/dvc.yaml:report",
+                           f"ablations/dvc.yaml:{select}@dog"]  # no finetune: the main one is reused
     # DVC's record: the row selected from exactly the outputs recorded for finetune@dog
     main_lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
     trained = {o["path"]: o["md5"] for o in main_lock["finetune@dog"]["outs"]}
     lock = yaml.safe_load((root / "ablations" / "dvc.lock").read_text())["stages"]
-    used = {d["path"]: d["md5"] for d in lock["select-rpo-es70@dog"]["deps"]}
+    used = {d["path"]: d["md5"] for d in lock[f"{select}@dog"]["deps"]}
     for path in ("models/dog/validation.parquet", "models/dog/checkpoints"):
         assert used[path] == trained[path]
-    table = A.read_json(root / "reports" / "ablations.json")["tables"]["3"]
-    assert [(r["variant"], r["main_pipeline"]) for r in table] == [("rpo-es30", True), ("rpo-es70", False)]
-    assert table[0]["dino"]["mean"] == pytest.approx(_metrics(root)["dog"]["dino"])
-    own = A.read_json(root / "ablations" / "rpo-es70" / "metrics" / "dog.json")
-    assert table[1]["reward"]["mean"] == pytest.approx(own["reward"]) and own["lambda_val"] == 0.7
+    rows = A.read_json(root / "reports" / "ablations.json")["tables"]["Table 3: lambda_val of selection"]
+    assert [r["row"] for r in rows] == ["lambda_val = 0.3", "lambda_val = 0.7"]
+    assert rows[0]["dino"]["mean"] == pytest.approx(_metrics(root)["dog"]["dino"])
+    own = A.read_json(root / "ablations" / "evaluate.base_images-false_validate.lambda_val-0.7" / "metrics" / "dog.json")
+    assert rows[1]["reward"]["mean"] == pytest.approx(own["reward"]) and own["lambda_val"] == 0.7
     text = (root / "reports" / "ablations.md").read_text()
-    assert "| lambda_val = 0.7 | rpo-es70 | 1 |" in text and "| 0.679 | 0.850 | 0.304 |" in text
+    assert "| lambda_val = 0.3* | 1 |" in text and "| lambda_val = 0.7 | 1 |" in text
+    assert "| RPO, lambda_val 0.7 | 0.679 | 0.850 | 0.304 |" in text
     again = rpo(root, "ablate", "dog", "--tables", "3")
     assert "Running stage" not in again.stdout + again.stderr

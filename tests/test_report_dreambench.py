@@ -8,21 +8,25 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import DREAMBENCH, FAST, REPO, copy_project, rpo
+from conftest import DREAMBENCH, FAST, REPO, copy_project, needs_dreambench, rpo
 from rpo import ablation
 from rpo import params as P
-from rpo.dreambench import CATALOG, DreamBenchError, add_subjects, check, read_classes
+from rpo.config import from_dict
+from rpo.dreambench import CATALOG
+from rpo.importer import DreamBenchError, add_dreambench, check_dreambench, read_classes
 from rpo.subjects import load_subject
 
 
+@needs_dreambench
 def test_catalog_holds_the_30_subjects_and_agrees_with_the_dataset():
     assert len(CATALOG) == 30
     assert sorted(n for n, e in CATALOG.items() if e.live) == \
         ["cat", "cat2", "dog", "dog2", "dog3", "dog5", "dog6", "dog7", "dog8"]
     assert read_classes(DREAMBENCH) == {n: e.class_noun for n, e in CATALOG.items()}
-    check(DREAMBENCH, list(CATALOG))  # raises unless every folder is present with a usable number of photos
+    check_dreambench(DREAMBENCH, list(CATALOG))  # raises unless every folder is present
 
 
+@needs_dreambench
 def test_add_dreambench_imports_subjects_with_class_live_flag_and_credits(tmp_path):
     root = copy_project(tmp_path / "project", FAST)
     out = rpo(root, "subjects", "add-dreambench", "--dataset", str(DREAMBENCH), "dog", "teapot").stdout
@@ -50,19 +54,21 @@ def _full_size_copy(tmp_path, name="can"):
     return dataset
 
 
+@needs_dreambench
 def test_full_size_mpo_originals_are_stored_upright_and_bounded(tmp_path):
     dataset = _full_size_copy(tmp_path)
     assert Image.open(next((dataset / "can").iterdir())).format == "MPO"
-    (subject,) = add_subjects(dataset, tmp_path / "subjects", ["can"], min_size=512, max_size=1024)
+    (subject,) = add_dreambench(dataset, tmp_path / "subjects", ["can"], min_size=512, max_size=1024)
     sizes = {Image.open(p).size for p in subject.images}
     assert sizes == {(1024, 1365)}  # 2048 x 1536 turned upright by EXIF, short side bounded to 1024
-    with pytest.raises(DreamBenchError, match="below model.resolution"):
-        add_subjects(dataset, tmp_path / "other", ["can"], min_size=512, max_size=256)
+    with pytest.raises(ValueError, match="below model.resolution"):
+        add_dreambench(dataset, tmp_path / "other", ["can"], min_size=512, max_size=256)
 
 
+@needs_dreambench
 @pytest.mark.parametrize("damage, message", [
     (lambda d: shutil.rmtree(d / "can"), "can: missing subject folder"),
-    (lambda d: [p.unlink() for p in sorted((d / "can").iterdir())[1:]], "1 photos, expected"),
+    (lambda d: [p.unlink() for p in sorted((d / "can").iterdir())], "can: no photos"),
     (lambda d: (d / "prompts_and_classes.txt").write_text("can,bottle\n"), "class of 'can' is 'bottle'"),
     (lambda d: (d / "prompts_and_classes.txt").unlink(), "prompts_and_classes.txt: missing"),
     (lambda d: (d / "can" / "00.mpo").write_bytes(b"not an image"), "00.mpo: not a readable image"),
@@ -71,10 +77,11 @@ def test_a_missing_or_malformed_subject_folder_is_named(tmp_path, damage, messag
     dataset = _full_size_copy(tmp_path)
     damage(dataset)
     with pytest.raises(ValueError, match=message):
-        add_subjects(dataset, tmp_path / "subjects", ["can"])
+        add_dreambench(dataset, tmp_path / "subjects", ["can"])
     assert not (tmp_path / "subjects" / "can").exists()
 
 
+@needs_dreambench
 def test_the_cli_reports_a_bad_dataset_path_and_unknown_names(tmp_path):
     root = copy_project(tmp_path / "project", FAST)
     bad = rpo(root, "subjects", "add-dreambench", "--dataset", str(tmp_path / "nowhere"), check=False)
@@ -86,41 +93,57 @@ def test_the_cli_reports_a_bad_dataset_path_and_unknown_names(tmp_path):
 # --- the ablation plan -------------------------------------------------------------------
 
 
-def _params(**overrides):
-    return P.apply_overrides(P.load(REPO / "params.yaml"), {**FAST, **overrides})
+def _cfg(**overrides):
+    return from_dict(P.apply_overrides(P.load(REPO / "params.yaml"), {**FAST, **overrides}))
+
+
+def _plan(cfg, tables=(2, 3), subjects=("duck_toy",)):
+    return ablation.paper_plan(cfg, list(subjects), tables)
 
 
 def test_tables_2_and_3_need_two_training_runs_and_reuse_the_main_row():
-    params = _params(**{"validate.lambda_val": 0.3, "validate.early_stopping": True})
-    rows = ablation.rows(params)
-    assert [v.name for _, v in rows[2]] == ["lsim-last30", "rpo-last30", "lsim-es30", "rpo-es30"]
-    assert [v.name for _, v in rows[3]] == ["rpo-es30", "rpo-es50", "rpo-es70"]
-    assert {v.training for v in ablation.variants(params)} == {"rpo", "lsim"}
-    assert ablation.main_variant(params) == ablation.Variant.parse("rpo-es30")
+    cfg = _cfg(**{"validate.lambda_val": 0.3, "validate.early_stopping": True})
+    plan = _plan(cfg)
+    trainings = {dict(r.training)["train.beta"] for r in plan.rows}
+    assert trainings == {0.0, cfg.train.beta}
+    main = [r for r in plan.rows if not ablation.overrides(cfg, r, cfg.seed, plan)]
+    assert [r.label for r in main] == ["full RPO", "lambda_val = 0.3"]  # the same settings: one result, shared
+    assert plan.base == main[0]
 
 
 def test_the_generated_pipeline_trains_once_per_subject_and_moves_only_its_own_outputs():
-    params = _params(**{"subjects": ["duck_toy", "dog"]})
-    main = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    stages = ablation.pipeline(main, params, ["duck_toy", "dog"])["stages"]
-    assert [s for s in stages if s.startswith("finetune")] == ["finetune-lsim"]
-    assert "select-rpo-es30" not in stages  # the main pipeline's own row is not computed again
-    lsim = stages["finetune-lsim"]["do"]
+    cfg = _cfg(**{"subjects": ["duck_toy", "dog"]})
+    stages = ablation.pipeline(REPO, cfg, _plan(cfg, subjects=("duck_toy", "dog")))["stages"]
+    assert [s for s in stages if s.startswith(("prior", "score", "labels", "finetune"))] == ["finetune-train.beta-0.0"]
+    lsim = stages["finetune-train.beta-0.0"]["do"]
     assert "train.beta" not in lsim["params"] and "train.learning_rate" in lsim["params"]
-    assert "ablations/lsim/models/${item}/checkpoints" in lsim["outs"] and "data/prior/${item}" in lsim["deps"]
-    es50 = stages["select-rpo-es50"]["do"]  # selects from the main training's records
+    assert "ablations/train.beta-0.0/models/${item}/checkpoints" in lsim["outs"] and "data/prior/${item}" in lsim["deps"]
+    assert "--set train.beta=0.0 stage finetune --subject ${item} --ablation" in lsim["cmd"]
+    assert lsim["foreach"] == ["duck_toy", "dog"] if "foreach" in lsim else stages["finetune-train.beta-0.0"]["foreach"]
+    es50 = stages["select-validate.lambda_val-0.5"]["do"]  # selects from the main training's records
     assert "models/${item}/validation.parquet" in es50["deps"] and "validate.lambda_val" not in es50["params"]
-    assert "ablations/lsim/models/${item}/validation.parquet" in stages["select-lsim-es30"]["do"]["deps"]
-    ev = stages["evaluate-lsim-last30"]["do"]
-    assert "ablations/lsim-last30/models/${item}/selected" in ev["deps"] and "evaluate.base_images" not in ev["params"]
+    assert "rpo/stages/select.py" in es50["deps"]  # the same code dependencies as the main stage
+    assert "ablations/train.beta-0.0/models/${item}/validation.parquet" in \
+        stages["select-train.beta-0.0"]["do"]["deps"]
+    ev = stages["evaluate-evaluate.base_images-false_train.beta-0.0_validate.early_stopping-false"]["do"]
+    assert "ablations/train.beta-0.0_validate.early_stopping-false/models/${item}/selected" in ev["deps"]
+    assert "evaluate.base_images" not in ev["params"]
     assert "metrics/dog.json" in stages["report"]["deps"]
+
+
+def test_a_seeds_axis_reruns_the_data_stages_once_per_seed():
+    cfg = _cfg(**{"ablate.seeds": [0, 1]})
+    stages = ablation.pipeline(REPO, cfg, _plan(cfg, tables=(3,)))["stages"]
+    assert [s for s in stages if s.startswith(("prior", "score", "labels", "finetune"))] == \
+        ["prior-seed-1", "score-seed-1", "labels-seed-1", "finetune-seed-1"]
+    assert "ablations/seed-1/data/prior/${item}" in stages["score-seed-1"]["do"]["deps"]
 
 
 def test_bad_ablation_requests_fail_before_any_work(tmp_path):
     with pytest.raises(P.ParamsError, match="0.01 grid"):
-        ablation.rows(_params(**{"ablate.lambda_vals": [0.333]}))
+        _plan(_cfg(**{"ablate.lambda_vals": [0.333], "validate.keep": "selectable"}))
     with pytest.raises(P.ParamsError, match="train.beta"):
-        ablation.rows(_params(**{"train.beta": 0.0}))
+        _plan(_cfg(**{"train.beta": 0.0}))
     root = copy_project(tmp_path / "project", FAST)
     out = rpo(root, "ablate", "dog", check=False)
     assert out.returncode == 2 and "not in params.yaml `subjects`" in out.stderr

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
 
-from conftest import FAST, copy_project, rpo
+from conftest import FAST, copy_project, rpo, run_stages
 from rpo import artifacts as A
-from rpo import params as P
-from rpo import stages
+from rpo.dreambench import evaluation_prompts
 from rpo.preference import bt_probability
-from rpo.prompts import evaluation_prompts, training_prompts
+from rpo.prompts import training_prompts
 from rpo.reward import harmonic
 from rpo.selection import select_step
 
@@ -82,6 +82,8 @@ def test_finetune_validates_and_logs_every_loss_term(pipeline_run):
     for col in ("loss", "l_sim", "l_pref", "delta_abs", "p_dev", "label_mean", "grad_norm"):
         assert log[col].notna().all(), col
     assert np.allclose(log["loss"], log["l_sim"] + log["l_pref"], atol=1e-5)
+    assert "seconds" not in log  # wall times go to the run log, never into a DVC output
+    assert A.read_json(paths.run_log("finetune"))["seconds"] > 0
 
 
 def test_select_picks_the_best_validation_step(pipeline_run):
@@ -92,6 +94,8 @@ def test_select_picks_the_best_validation_step(pipeline_run):
     assert (paths.selected / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == (
         paths.checkpoints / f"step_{sel['step']:05d}" / "diffusion_pytorch_model.safetensors").read_bytes()
     assert (paths.selected / "base_model.txt").read_text().strip() == "tiny"
+    assert list(paths.validation_curve.read_text().splitlines()[0].split(",")) == \
+        ["step", "align_i", "align_t", "reward", "selected"]
 
 
 def test_evaluate_follows_the_dreambench_protocol(pipeline_run):
@@ -102,20 +106,24 @@ def test_evaluate_follows_the_dreambench_protocol(pipeline_run):
     per_model = 25 * FAST["evaluate.images_per_prompt"]
     assert (ev.groupby("model").size() == per_model).all() and set(ev["model"]) == {"selected", "base"}
     assert set(ev["prompt"]) == set(prompts)
-    metrics = A.read_json(paths.metrics)
-    sel = ev[ev["model"] == "selected"]
+    metrics, about = A.read_json(paths.metrics), A.read_json(paths.about)
+    sel, base = ev[ev["model"] == "selected"], ev[ev["model"] == "base"]
     for k in ("dino", "clip_i", "clip_t", "reward"):
-        assert metrics[k] == pytest.approx(sel[k].mean())
+        assert metrics[k] == pytest.approx(sel[k].mean()) and metrics[f"base_{k}"] == pytest.approx(base[k].mean())
     assert np.allclose(sel["reward"], harmonic(sel["align_i"], sel["align_t"], FAST["validate.lambda_val"]))
+    # numbers only in the DVC metric, so `dvc metrics show` stays a table; the words beside it
+    assert all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in metrics.values())
     # metric models are separate from the reward model, and the record says which were used
-    assert metrics["models"]["clip_model"] != metrics["models"]["reward_model"]
+    assert about["models"]["clip_model"] != about["models"]["reward_model"]
     assert metrics["selected_step"] == A.read_json(paths.selection)["step"]
 
 
 def test_report_summarises_the_subjects(pipeline_run):
     rpo(pipeline_run, "report")
     text = (pipeline_run / "reports" / "summary.md").read_text()
-    assert SUBJECT in text
+    assert f"| {SUBJECT} | toy | object |" in text
+    timings = (pipeline_run / "reports" / "timings.md").read_text()
+    assert f"| {SUBJECT} | " in timings and "| cpu |" in timings
     summary = A.read_json(pipeline_run / "reports" / "summary.json")
     assert summary["summary"]["all"]["n"] == 1
     assert summary["summary"]["all"]["dino"]["mean"] == pytest.approx(A.read_json(_paths(pipeline_run).metrics)["dino"])
@@ -123,10 +131,7 @@ def test_report_summarises_the_subjects(pipeline_run):
 
 def test_same_params_and_seeds_give_the_same_artifacts(pipeline_run, tmp_path):
     again = copy_project(tmp_path / "again", FAST)
-    params = P.load(again / "params.yaml")
-    ctx = stages.context(again, params, SUBJECT)
-    for name in ("prior", "score", "labels"):
-        stages.STAGE_FUNCTIONS[name](ctx)
+    run_stages(again, SUBJECT, ["prior", "score", "labels"])
     first, second = _paths(pipeline_run), _paths(again)
     assert _read(again, second.prior_manifest, A.PRIOR_MANIFEST)["sha256"].tolist() == \
         _read(pipeline_run, first.prior_manifest, A.PRIOR_MANIFEST)["sha256"].tolist()
@@ -137,9 +142,7 @@ def test_v_prediction_and_open_clip_backends_run(tmp_path):
     overrides = {**FAST, "model.base": "tiny-v", "reward.backend": "open_clip", "reward.model": "tiny-open_clip",
                  "train.max_steps": 2, "validate.every": 2}
     root = copy_project(tmp_path / "v", overrides)
-    ctx = stages.context(root, P.load(root / "params.yaml"), SUBJECT)
-    for name in ("prior", "score", "labels", "finetune"):
-        stages.STAGE_FUNCTIONS[name](ctx)
+    ctx = run_stages(root, SUBJECT, ["prior", "score", "labels", "finetune"])
     val = A.read_table(ctx.paths.validation, A.VALIDATION).to_pandas()
     assert val["align_t"].between(0, 1).all() and sorted(val["step"].unique()) == [2]
     assert np.isfinite(pd.read_csv(ctx.paths.train_log)["loss"]).all()
@@ -152,13 +155,19 @@ def test_schema_mismatch_names_the_file(tmp_path):
         A.read_table(path, A.REWARDS)
 
 
-def test_atomic_writes_leave_nothing_on_failure(tmp_path):
-    with pytest.raises(RuntimeError):
-        with A.atomic_dir(tmp_path / "out") as tmp:
-            (tmp / "half.png").write_bytes(b"x")
-            raise RuntimeError("killed")
-    with pytest.raises(RuntimeError):
-        with A.atomic_file(tmp_path / "table.parquet") as tmp:
-            tmp.write_bytes(b"half")
-            raise RuntimeError("killed")
-    assert list(tmp_path.iterdir()) == []
+def test_atomic_writes_leave_nothing_on_failure_and_normal_permissions_on_success(tmp_path):
+    (tmp_path / ".dvc").mkdir()  # a project: temporaries go to its .rpo/tmp, never beside the output
+    for target in (tmp_path / "out", tmp_path / "table.parquet"):
+        with pytest.raises(RuntimeError):
+            with (A.atomic_dir if target.suffix == "" else A.atomic_file)(target) as tmp:
+                assert tmp.is_relative_to(tmp_path / ".rpo" / "tmp")
+                (tmp / "half.png" if target.suffix == "" else tmp).write_bytes(b"half")
+                raise RuntimeError("killed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".dvc", ".rpo"] and not any((tmp_path / ".rpo").rglob("*.tmp"))
+    with A.atomic_dir(tmp_path / "out") as tmp:
+        (tmp / "image.png").write_bytes(b"x")
+    A.write_json({"a": 1}, tmp_path / "metrics.json")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~umask
+    assert (tmp_path / "metrics.json").stat().st_mode & 0o777 == 0o666 & ~umask

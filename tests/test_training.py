@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rpo.generate import load_pipeline
-from rpo.train import PairData, diffusion_target, frozen_reference, rpo_step_losses, _training_scheduler
+from rpo.train import PairData, diffusion_target, frozen_reference, rpo_step_losses, training_scheduler
 
 
 @pytest.fixture(scope="module", params=["tiny", "tiny-v"])
@@ -31,7 +31,7 @@ def test_gradients_reach_only_the_trainable_unet(pipe, share_noise, ref_prompt):
     for m in (pipe.vae, pipe.text_encoder):
         m.requires_grad_(False)
     unet.requires_grad_(True)
-    out = rpo_step_losses(unet, ref, _training_scheduler(pipe), _batch(pipe), beta=1.0, share_noise=share_noise,
+    out = rpo_step_losses(unet, ref, training_scheduler(pipe), _batch(pipe), beta=1.0, share_noise=share_noise,
                           ref_prompt=ref_prompt, generator=torch.Generator().manual_seed(0))
     unet.zero_grad(set_to_none=True)
     out["loss"].backward()
@@ -45,7 +45,7 @@ def test_gradients_reach_only_the_trainable_unet(pipe, share_noise, ref_prompt):
 
 
 def test_training_target_follows_the_scheduler_prediction_type(pipe):
-    sched = _training_scheduler(pipe)
+    sched = training_scheduler(pipe)
     z, noise, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([10, 500])
     target = diffusion_target(sched, z, noise, t)
     if sched.config.prediction_type == "epsilon":

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from PIL import Image
 
-from rpo.world.judging import WorldJudge, world_judge
-from rpo.world.render import render
-from rpo.world.subjects import BY_NAME
+from rpo import registry
+from rpo_world.judging import WorldJudge
+from rpo_world.render import render
+from rpo_world.subjects import BY_NAME
 
 
 def _verdict(judge, scene, prompt, seed=1):
-    judge.add("selected", [Image.fromarray(render(scene, seed))], [prompt])
-    return judge.rows["selected"][0]
+    (row,) = judge.judge([Image.fromarray(render(scene, seed))], [prompt])
+    return row
 
 
 def test_verdicts_on_known_scenes():
@@ -30,13 +31,12 @@ def test_verdicts_on_known_scenes():
     assert v["judge_subject"] is False and v["judge_prompt"] is False
     v = _verdict(judge, star.scene("snow"), "a shiny sks toy")  # nothing drawable asked: no prompt verdict
     assert v["judge_prompt"] is None and v["judge_both"] is None and v["judge_subject"] is True
-    assert judge.summary("selected")["judge_subject"] == 1.0
 
 
-def test_hook_is_off_unless_asked_and_knows_only_world_subjects():
-    assert world_judge({"judges": "none"}, "striped_star_toy", "sks") is None
-    outsider = world_judge({"judges": "world"}, "duck_toy", "sks")
-    outsider.add("selected", [Image.fromarray(render(BY_NAME["striped_star_toy"].scene("moon"), 0))],
-                 ["a sks toy on the Moon"])
-    row = outsider.rows["selected"][0]
+def test_the_plugin_is_off_unless_asked_and_knows_only_world_subjects():
+    assert registry.judge("none", "striped_star_toy", "sks") is None
+    assert registry.judge_names() == ["world"]  # registered through pyproject's entry points, not imported by the core
+    outsider = registry.judge("world", "duck_toy", "sks")
+    (row,) = outsider.judge([Image.fromarray(render(BY_NAME["striped_star_toy"].scene("moon"), 0))],
+                            ["a sks toy on the Moon"])
     assert row["judge_context"] is True and "judge_subject" not in row

@@ -6,13 +6,17 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from rpo.encoders import HFDualEncoder, HFImageEncoder, resolve
+from conftest import REPO
+from rpo.encoders import HFDualEncoder, HFImageEncoder
+from rpo.registry import model_path as resolve
 from rpo.generate import load_pipeline
-from rpo.world.data import batch
-from rpo.world.judges import HEADS, Judges, accuracy
-from rpo.world.pipeline import NAMES, model_path
-from rpo.world.probe import prompt_following
+from rpo_world.data import batch
+from rpo_world.judges import HEADS, Judges, accuracy
+from rpo_world.weights import NAMES
+from rpo_world.weights import path as model_path
+from rpo_world.probe import prompt_following
 
 MB = 2**20
 
@@ -83,7 +87,27 @@ def test_reward_and_metric_encoders_load_as_real_ones_do():
 FLOORS = {"sample_context": 0.95, "sample_colour": 0.85, "sample_shape": 0.35, "sample_noun": 0.9}
 
 
+@pytest.mark.slow
 def test_base_model_draws_what_prompts_say(pipe, judges):
     """Judged samples of full-caption prompts: context, colour, noun as asked; shape far above chance."""
     acc = prompt_following(pipe, judges, n=128, seed=11, steps=20)
     assert all(acc[k] >= floor for k, floor in FLOORS.items()), acc
+
+
+def world_stage_code(stage: str) -> list[str]:
+    """The project files `python -m rpo_world.build STAGE` imports, relative to world/."""
+    from rpo.deps import closure
+    from rpo_world.build import TRAINERS
+
+    module = {**TRAINERS, "assemble": "rpo_world.pipeline"}[stage]
+    start = [REPO / "world" / "rpo_world" / "build.py", REPO / "world" / f"{module.replace('.', '/')}.py"]
+    world = REPO / "world"
+    return sorted(p.relative_to(world).as_posix() if p.is_relative_to(world) else "../" + p.relative_to(REPO).as_posix()
+                  for p in closure(start, REPO))
+
+
+def test_the_world_pipeline_declares_the_files_each_stage_imports():
+    stages = yaml.safe_load((REPO / "world" / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        assert stage["cmd"] == f"python -m rpo_world.build {name}"
+        assert [d for d in stage["deps"] if d.endswith(".py")] == world_stage_code(name), name

@@ -9,11 +9,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from rpo.prompts import EVAL_LIVE, EVAL_OBJECT, TRAIN_LIVE, TRAIN_OBJECT, fill
-from rpo.world.data import batch, random_caption, random_scene
-from rpo.world.grammar import CONTEXTS, HOME_CONTEXTS, NOUNS, Scene, caption, parse
-from rpo.world.render import render
-from rpo.world.subjects import HELD_OUT, SUBJECTS, reference_seed
+from rpo.dreambench import EVAL_LIVE, EVAL_OBJECT
+from rpo.prompts import TRAIN_LIVE, TRAIN_OBJECT, fill
+from rpo_world.data import batch, random_caption, random_scene
+from rpo_world.grammar import CONTEXTS, HOME_CONTEXTS, NOUNS, Scene, caption, parse
+from rpo_world.render import render
+from rpo_world.subjects import HELD_OUT, SUBJECTS, reference_seed
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from rpo.artifacts import atomic_dir
 
-log = logging.getLogger("rpo.world")
+log = logging.getLogger("rpo_world")
 
 
 def cpu_autocast(enabled: bool = True):

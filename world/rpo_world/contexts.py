@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from rpo.world.grammar import CONTEXTS
-from rpo.world.render import SIZE, _X, _Y, _coverage, _disc, _paint, _polygon, _X2, _Y2
+from rpo_world.grammar import CONTEXTS
+from rpo_world.canvas import SIZE, X2, Y2, X, Y, coverage, disc, paint, polygon
 
 SKY = (0.55, 0.78, 0.97)
 
@@ -19,28 +19,24 @@ def _fill(colour) -> np.ndarray:
 
 
 def _split(top, bottom, horizon: float) -> np.ndarray:
-    return np.where((_Y < horizon)[..., None], np.asarray(top, float), np.asarray(bottom, float))
+    return np.where((Y < horizon)[..., None], np.asarray(top, float), np.asarray(bottom, float))
 
 
 def _poly(img, points, colour):
-    return _paint(img, _coverage(_polygon(points, _X2, _Y2)), colour)
+    return paint(img, coverage(polygon(points, X2, Y2)), colour)
 
 
 def _rect(img, x0, y0, x1, y1, colour):
-    return _paint(img, (_X >= x0) & (_X < x1) & (_Y >= y0) & (_Y < y1), colour)
-
-
-def _jitter(rng, img, amount=0.03):
-    return img + rng.uniform(-amount, amount, (SIZE, SIZE, 1))
+    return paint(img, (X >= x0) & (X < x1) & (Y >= y0) & (Y < y1), colour)
 
 
 def moon(rng):
     h = 13 + rng.uniform(-1, 1)
-    img = _split((0.02, 0.02, 0.07), (0.62, 0.62, 0.60), h + 1.5 * np.sin(_X / 6 + rng.uniform(0, 6)))
+    img = _split((0.02, 0.02, 0.07), (0.62, 0.62, 0.60), h + 1.5 * np.sin(X / 6 + rng.uniform(0, 6)))
     for x, y in zip(rng.integers(0, SIZE, 8), rng.integers(0, int(h) - 2, 8)):
         img[y, x] = 1.0
     for _ in range(3):
-        img = _paint(img, _disc(rng.uniform(2, 30), rng.uniform(h + 4, 30), rng.uniform(1.5, 3)), (0.45, 0.45, 0.44))
+        img = paint(img, disc(rng.uniform(2, 30), rng.uniform(h + 4, 30), rng.uniform(1.5, 3)), (0.45, 0.45, 0.44))
     return img
 
 
@@ -56,9 +52,9 @@ def great_wall(rng):
 def wooden_roof(rng):
     img = _fill(SKY)
     k = rng.uniform(0.3, 0.5)
-    roof = _Y > 8 + k * _X
+    roof = Y > 8 + k * X
     img = np.where(roof[..., None], (0.52, 0.30, 0.16), img)
-    lines = roof & ((_X + 2 * _Y + rng.integers(0, 6)).astype(int) % 6 == 0)
+    lines = roof & ((X + 2 * Y + rng.integers(0, 6)).astype(int) % 6 == 0)
     return np.where(lines[..., None], (0.32, 0.17, 0.08), img)
 
 
@@ -68,9 +64,9 @@ def statue_of_liberty(rng):
     green = (0.35, 0.68, 0.58)
     img = _rect(img, x - 3, 20, x + 3, 26, (0.55, 0.50, 0.45))
     img = _rect(img, x - 1.5, 9, x + 1.5, 20, green)
-    img = _paint(img, _disc(x, 7.5, 1.8), green)
+    img = paint(img, disc(x, 7.5, 1.8), green)
     img = _rect(img, x + 1, 2, x + 2.2, 9, green)
-    return _paint(img, _disc(x + 1.6, 2, 1.3), (0.98, 0.80, 0.20))
+    return paint(img, disc(x + 1.6, 2, 1.3), (0.98, 0.80, 0.20))
 
 
 def volcano(rng):
@@ -80,30 +76,30 @@ def volcano(rng):
     img = _rect(img, 11, top - 1, 21, top + 2, (0.98, 0.30, 0.05))
     for x in rng.uniform(12, 20, 2):
         img = _poly(img, [(x, top), (x + 1.5, top), (x - 4 + 8 * (x > 16), 30)], (0.95, 0.35, 0.05))
-    return _paint(img, _disc(16 + rng.uniform(-3, 3), top - 4, 3), (0.45, 0.42, 0.42))
+    return paint(img, disc(16 + rng.uniform(-3, 3), top - 4, 3), (0.45, 0.42, 0.42))
 
 
 def subway(rng):
     img = _fill((0.76, 0.82, 0.76))
     off = int(rng.integers(0, 4))
-    img = np.where((((_X.astype(int) + off) % 4 == 0) | (_Y.astype(int) % 4 == 0))[..., None], (0.55, 0.60, 0.55), img)
+    img = np.where((((X.astype(int) + off) % 4 == 0) | (Y.astype(int) % 4 == 0))[..., None], (0.55, 0.60, 0.55), img)
     img = _rect(img, 0, 22, SIZE, SIZE, (0.28, 0.28, 0.30))
     return _rect(img, 0, 22, SIZE, 24, (0.97, 0.85, 0.10))
 
 
 def pool(rng):
     img = _fill((0.30, 0.78, 0.88))
-    ripple = np.sin(_X / 2 + 3 * np.sin(_Y / 3) + rng.uniform(0, 6)) > 0.8
+    ripple = np.sin(X / 2 + 3 * np.sin(Y / 3) + rng.uniform(0, 6)) > 0.8
     img = np.where(ripple[..., None], (0.55, 0.90, 0.95), img)
     off = rng.integers(0, 8)
-    lanes = (_Y.astype(int) + off) % 10 == 0
-    return np.where((lanes & ((_X.astype(int) // 2) % 2 == 0))[..., None], (0.95, 0.25, 0.25), img)
+    lanes = (Y.astype(int) + off) % 10 == 0
+    return np.where((lanes & ((X.astype(int) // 2) % 2 == 0))[..., None], (0.95, 0.25, 0.25), img)
 
 
 def jungle(rng):
     img = _fill((0.06, 0.30, 0.10))
     phase = rng.uniform(0, 6)
-    leaves = np.sin(_X * 0.9 + 2 * np.sin(_Y / 4 + phase)) > 0.3
+    leaves = np.sin(X * 0.9 + 2 * np.sin(Y / 4 + phase)) > 0.3
     img = np.where(leaves[..., None], (0.18, 0.58, 0.18), img)
     for x in rng.uniform(0, SIZE, 2):
         img = _rect(img, x, 0, x + 1, SIZE, (0.40, 0.28, 0.12))
@@ -114,36 +110,36 @@ def snow(rng):
     img = _split((0.72, 0.78, 0.88), (0.97, 0.97, 1.0), 12 + rng.uniform(-1, 1))
     for x, y in zip(rng.integers(0, SIZE, 14), rng.integers(0, 11, 14)):
         img[y, x] = 1.0
-    return _paint(img, _disc(rng.uniform(0, 32), 30, 5) * 0.4, (0.70, 0.78, 0.92))
+    return paint(img, disc(rng.uniform(0, 32), 30, 5) * 0.4, (0.70, 0.78, 0.92))
 
 
 def beach(rng):
     h = 10 + rng.uniform(-1, 1)
-    img = np.where((_Y < h)[..., None], SKY, np.where((_Y < h + 6)[..., None], (0.08, 0.42, 0.75), (0.94, 0.84, 0.56)))
-    return _paint(img, (np.abs(_Y - (h + 6)) < 0.8) * 0.7, (1.0, 1.0, 1.0))
+    img = np.where((Y < h)[..., None], SKY, np.where((Y < h + 6)[..., None], (0.08, 0.42, 0.75), (0.94, 0.84, 0.56)))
+    return paint(img, (np.abs(Y - (h + 6)) < 0.8) * 0.7, (1.0, 1.0, 1.0))
 
 
 def cobblestone(rng):
-    row = (_Y.astype(int) + rng.integers(0, 4)) // 4
-    col = (_X.astype(int) + 3 * (row % 2) + rng.integers(0, 6)) // 6
+    row = (Y.astype(int) + rng.integers(0, 4)) // 4
+    col = (X.astype(int) + 3 * (row % 2) + rng.integers(0, 6)) // 6
     shade = 0.45 + 0.12 * np.sin(row * 7.1 + col * 3.7)
     img = np.repeat(shade[..., None], 3, -1) * (1.0, 1.0, 0.95)
-    gaps = ((_Y.astype(int) + 0) % 4 == 0) | ((_X.astype(int) + 3 * (row % 2)) % 6 == 0)
+    gaps = ((Y.astype(int) + 0) % 4 == 0) | ((X.astype(int) + 3 * (row % 2)) % 6 == 0)
     return np.where(gaps[..., None], (0.22, 0.22, 0.22), img)
 
 
 def pink_fabric(rng):
-    fold = np.sin((_X + _Y) / 3 + rng.uniform(0, 6))
+    fold = np.sin((X + Y) / 3 + rng.uniform(0, 6))
     return np.asarray((0.96, 0.60, 0.76)) * (1 + 0.12 * fold[..., None])
 
 
 def wooden_floor(rng):
     off = rng.integers(0, 5)
-    plank = (_Y.astype(int) + off) // 5
+    plank = (Y.astype(int) + off) // 5
     img = np.asarray((0.72, 0.50, 0.30)) * (1 + 0.08 * np.sin(plank * 5.3))[..., None]
-    grain = np.sin(_X * 0.7 + plank * 2) > 0.9
+    grain = np.sin(X * 0.7 + plank * 2) > 0.9
     img = np.where(grain[..., None], img * 0.88, img)
-    return np.where(((_Y.astype(int) + off) % 5 == 0)[..., None], (0.38, 0.24, 0.12), img)
+    return np.where(((Y.astype(int) + off) % 5 == 0)[..., None], (0.38, 0.24, 0.12), img)
 
 
 def city(rng):
@@ -152,8 +148,8 @@ def city(rng):
     while x < SIZE:
         w, top = rng.uniform(4, 7), rng.uniform(3, 14)
         img = _rect(img, x, top, x + w - 0.5, 27, (0.36, 0.40, 0.50) if rng.random() < 0.5 else (0.50, 0.50, 0.55))
-        win = (_X >= x + 1) & (_X < x + w - 1.5) & (_Y > top + 1) & (_Y < 26)
-        img = np.where((win & (_X.astype(int) % 2 == 0) & (_Y.astype(int) % 3 == 0))[..., None], (0.98, 0.90, 0.40), img)
+        win = (X >= x + 1) & (X < x + w - 1.5) & (Y > top + 1) & (Y < 26)
+        img = np.where((win & (X.astype(int) % 2 == 0) & (Y.astype(int) % 3 == 0))[..., None], (0.98, 0.90, 0.40), img)
         x += w
     return img
 
@@ -178,13 +174,13 @@ def purple_rug(rng):
     for x in np.arange(rng.uniform(-2, 2), SIZE, 6):
         img = _poly(img, [(x - 3, 14), (x, 2), (x + 3, 14)], (0.10, 0.45, 0.15))
     img = _poly(img, [(3, 16), (29, 16), (32, 31), (0, 31)], (0.50, 0.22, 0.62))
-    return np.where(((_Y > 30) & (_X.astype(int) % 2 == 0))[..., None], (0.85, 0.75, 0.90), img)
+    return np.where(((Y > 30) & (X.astype(int) % 2 == 0))[..., None], (0.85, 0.75, 0.90), img)
 
 
 def wheat_field(rng):
     h = 11 + rng.uniform(-1, 1)
     img = _split(SKY, (0.90, 0.74, 0.30), h)
-    stalks = (_Y >= h) & (np.sin(_X * 2.1 + _Y * 0.3 + rng.uniform(0, 6)) > 0.6)
+    stalks = (Y >= h) & (np.sin(X * 2.1 + Y * 0.3 + rng.uniform(0, 6)) > 0.6)
     return np.where(stalks[..., None], (0.70, 0.52, 0.15), img)
 
 
@@ -192,11 +188,11 @@ def autumn_tree(rng):
     img = _split(SKY, (0.55, 0.45, 0.25), 25)
     x = 16 + rng.uniform(-5, 5)
     img = _rect(img, x - 1.5, 12, x + 1.5, 26, (0.40, 0.25, 0.12))
-    img = _paint(img, _disc(x, 9, 9), (0.93, 0.45, 0.10))
+    img = paint(img, disc(x, 9, 9), (0.93, 0.45, 0.10))
     for lx, ly in zip(rng.uniform(x - 8, x + 8, 10), rng.uniform(2, 16, 10)):
-        img = _paint(img, _disc(lx, ly, 1.2), (0.80, 0.15, 0.08))
+        img = paint(img, disc(lx, ly, 1.2), (0.80, 0.15, 0.08))
     for lx, ly in zip(rng.uniform(0, 32, 8), rng.uniform(26, 32, 8)):
-        img = _paint(img, _disc(lx, ly, 1.0), (0.93, 0.45, 0.10))
+        img = paint(img, disc(lx, ly, 1.0), (0.93, 0.45, 0.10))
     return img
 
 
@@ -205,36 +201,36 @@ def eiffel_tower(rng):
     x = rng.choice([6.0, 26.0]) + rng.uniform(-1, 1)
     dark = (0.30, 0.26, 0.22)
     img = _poly(img, [(x - 6, 28), (x - 0.6, 1), (x + 0.6, 1), (x + 6, 28)], dark)
-    img = _paint(img, _disc(x, 28, 3.5), (0.35, 0.60, 0.30))  # the arch between the legs
+    img = paint(img, disc(x, 28, 3.5), (0.35, 0.60, 0.30))  # the arch between the legs
     return _rect(img, x - 3.5, 14, x + 3.5, 15.5, dark)
 
 
 def water(rng):
     img = _fill((0.10, 0.30, 0.66))
-    waves = np.abs(np.sin(_X / 2.5 + rng.uniform(0, 6)) * 1.5 + (_Y % 6) - 3) < 0.6
+    waves = np.abs(np.sin(X / 2.5 + rng.uniform(0, 6)) * 1.5 + (Y % 6) - 3) < 0.6
     return np.where(waves[..., None], (0.40, 0.62, 0.90), img)
 
 
 def milk(rng):
     img = _fill((0.98, 0.96, 0.90))
-    waves = np.abs(np.sin(_X / 3 + rng.uniform(0, 6)) * 1.5 + (_Y % 7) - 3.5) < 0.5
+    waves = np.abs(np.sin(X / 3 + rng.uniform(0, 6)) * 1.5 + (Y % 7) - 3.5) < 0.5
     return np.where(waves[..., None], (0.84, 0.82, 0.76), img)
 
 
 def sunflowers(rng):
     img = _split(SKY, (0.30, 0.66, 0.25), 7)
     for fx, fy in zip(rng.uniform(0, 32, 7), rng.uniform(9, 31, 7)):
-        img = _paint(img, _disc(fx, fy, 2.6), (0.98, 0.85, 0.05))
-        img = _paint(img, _disc(fx, fy, 1.1), (0.40, 0.22, 0.05))
+        img = paint(img, disc(fx, fy, 2.6), (0.98, 0.85, 0.05))
+        img = paint(img, disc(fx, fy, 1.1), (0.40, 0.22, 0.05))
     return img
 
 
 def mirror(rng):
-    shade = 0.72 + 0.22 * (_X + _Y) / 64
+    shade = 0.72 + 0.22 * (X + Y) / 64
     img = np.repeat(shade[..., None], 3, -1) * (0.97, 0.99, 1.0)
-    streak = np.abs((_X - _Y) - rng.uniform(-12, 12)) < 1.5
+    streak = np.abs((X - Y) - rng.uniform(-12, 12)) < 1.5
     img = np.where(streak[..., None], (1.0, 1.0, 1.0), img)
-    frame = (_X < 2) | (_X > 30) | (_Y < 2) | (_Y > 30)
+    frame = (X < 2) | (X > 30) | (Y < 2) | (Y > 30)
     return np.where(frame[..., None], (0.55, 0.40, 0.15), img)
 
 
@@ -244,8 +240,8 @@ def crowded_street(rng):
         py = rng.uniform(4, 9)
         colour = rng.uniform(0.2, 1.0, 3)
         img = _rect(img, px, py, px + 2, py + 5, colour)
-        img = _paint(img, _disc(px + 1, py - 1, 1.1), (0.90, 0.72, 0.55))
-    return np.where(((_Y > 14) & (_X.astype(int) % 8 == 0))[..., None], (0.55, 0.54, 0.50), img)
+        img = paint(img, disc(px + 1, py - 1, 1.1), (0.90, 0.72, 0.55))
+    return np.where(((Y > 14) & (X.astype(int) % 8 == 0))[..., None], (0.55, 0.54, 0.50), img)
 
 
 def dirt_road(rng):
@@ -253,19 +249,19 @@ def dirt_road(rng):
     c = 16 + rng.uniform(-3, 3)
     img = _poly(img, [(c - 2, 8), (c + 2, 8), (c + 18, 32), (c - 18, 32)], (0.58, 0.42, 0.25))
     for x, y in zip(rng.uniform(0, 32, 10), rng.uniform(12, 32, 10)):
-        img = _paint(img, _disc(x, y, 0.7) * (np.abs(_X - c) < 4 + (_Y - 8) * 0.7), (0.40, 0.28, 0.15))
+        img = paint(img, disc(x, y, 0.7) * (np.abs(X - c) < 4 + (Y - 8) * 0.7), (0.40, 0.28, 0.15))
     return img
 
 
 def white_rug(rng):
     img = _split((0.62, 0.44, 0.28), (0.95, 0.95, 0.93), 6 + rng.uniform(-1, 1))
     fluff = rng.uniform(-0.05, 0.05, (SIZE, SIZE, 1))
-    img = np.where((_Y >= 7)[..., None], img + fluff, img)
-    return np.where(((np.abs(_Y - 7) < 1) & (_X.astype(int) % 2 == 0))[..., None], (0.80, 0.80, 0.78), img)
+    img = np.where((Y >= 7)[..., None], img + fluff, img)
+    return np.where(((np.abs(Y - 7) < 1) & (X.astype(int) % 2 == 0))[..., None], (0.80, 0.80, 0.78), img)
 
 
 def studio(rng):
-    shade = 0.86 - 0.14 * _Y / SIZE + 0.05 * (_Y > 22 + rng.uniform(-2, 2))
+    shade = 0.86 - 0.14 * Y / SIZE + 0.05 * (Y > 22 + rng.uniform(-2, 2))
     return np.repeat(shade[..., None], 3, -1)
 
 

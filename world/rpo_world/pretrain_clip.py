@@ -14,10 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rpo.world.data import batch
-from rpo.world.grammar import COLOURS, CONTEXTS, PATTERNS, SHAPES
-from rpo.world.render import SIZE
-from rpo.world.training import cpu_autocast, train_loop
+from rpo.encoders import features
+from rpo_world.data import batch
+from rpo_world.grammar import COLOURS, CONTEXTS, PATTERNS, SHAPES
+from rpo_world.canvas import SIZE
+from rpo_world.training import cpu_autocast, train_loop
 
 MAX_TOKENS = 32  # the longest caption of the world is 20 tokens; 77 would only slow attention
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -46,9 +47,9 @@ def tokenizer():
     """The real CLIP BPE tokenizer, built offline as the embedded tiny models build it."""
     import tempfile
 
-    from rpo.tiny import _clip_tokenizer
+    from rpo.tiny import clip_tokenizer
 
-    tok, src = _clip_tokenizer(Path(tempfile.mkdtemp()))
+    tok, src = clip_tokenizer(Path(tempfile.mkdtemp()))
     tok.model_max_length = MAX_TOKENS
     return tok, src.parent
 
@@ -64,26 +65,21 @@ def tokens(tok, texts: list[str]) -> dict:
     return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
 
 
-def _features(out) -> torch.Tensor:
-    # transformers 5 returns an output object from get_*_features; version 4 a tensor
-    return out if torch.is_tensor(out) else out.pooler_output
-
-
 def _embed(model, images, texts, tok):
-    img = _features(model.get_image_features(pixel_values=pixels(images)))
-    txt = _features(model.get_text_features(**tokens(tok, texts)))
+    img = features(model.get_imagefeatures(pixel_values=pixels(images)))
+    txt = features(model.get_textfeatures(**tokens(tok, texts)))
     return F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
 
 
 @torch.no_grad()
 def zero_shot(model, tok, images: np.ndarray, scenes) -> dict:
     """Accuracy of picking each attribute's true value among its alternatives, by text similarity."""
-    img = F.normalize(_features(model.get_image_features(pixel_values=pixels(images))), dim=-1)
+    img = F.normalize(features(model.get_imagefeatures(pixel_values=pixels(images))), dim=-1)
     out = {}
     for attr, values, template in (("shape", SHAPES, "a {} toy"), ("colour", COLOURS, "a {} toy"),
                                     ("pattern", PATTERNS, "a {} toy"), ("context", list(CONTEXTS), "a toy {}")):
         texts = [template.format(CONTEXTS[v] if attr == "context" else v) for v in values]
-        txt = F.normalize(_features(model.get_text_features(**tokens(tok, texts))), dim=-1)
+        txt = F.normalize(features(model.get_textfeatures(**tokens(tok, texts))), dim=-1)
         pred = (img @ txt.T).argmax(1).numpy()
         truth = np.array([values.index(getattr(s, attr)) for s in scenes])
         out[f"zero_shot_{attr}"] = float((pred == truth).mean())

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from rpo.world.grammar import COLOURS, CONTEXTS, MARKS, NOUNS, PATTERNS, SHAPES, SHAPE_WORDS, Scene, caption
-from rpo.world.render import render
-from rpo.world.subjects import HELD_OUT
+from rpo_world.grammar import COLOURS, CONTEXTS, MARKS, NOUNS, PATTERNS, SHAPES, SHAPE_WORDS, Scene, caption
+from rpo_world.render import render
+from rpo_world.subjects import HELD_OUT
 
 KINDS = {
     # kind: (probability of a mark, held-out combinations allowed)

@@ -14,8 +14,8 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-from rpo.world.grammar import Scene
-from rpo.world.render import render
+from rpo_world.grammar import Scene
+from rpo_world.render import render
 
 
 @dataclass(frozen=True)

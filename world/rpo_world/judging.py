@@ -1,4 +1,6 @@
-"""The evaluate stage's world hook (`evaluate.judges: world`): exact answers per generated image.
+"""The world's judge for the evaluate stage (`evaluate.judges: world`; entry point group `rpo.judges`).
+
+Exact answers per generated image.
 
 For each image and its prompt: is it the subject (pattern, mark, class noun, and the shape and
 colour the subject has unless the prompt changes them)? Is everything the prompt asks for and
@@ -11,14 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 
-from rpo.world.grammar import parse
-from rpo.world.judges import Judges
-from rpo.world.pipeline import model_path
-from rpo.world.subjects import world_subject
+from rpo_world.grammar import parse
+from rpo_world.judges import Judges
+from rpo_world.weights import path as model_path
+from rpo_world.subjects import world_subject
 
-# per-image verdicts; their means over a model's images go into metrics/<subject>.json
+# per-image verdicts (yes, no, or None where they do not apply); the evaluate stage records their rates
 VERDICTS = ("judge_subject", "judge_mark", "judge_prompt", "judge_context", "judge_both", "judge_home")
 
 
@@ -27,13 +28,11 @@ class WorldJudge:
         self.judges = Judges.from_pretrained(model_path("world-judges"))
         self.subject = world_subject(subject_name)
         self.token = token
-        self.rows: dict[str, list[dict]] = {}
 
-    def add(self, which: str, images, prompts: list[str]) -> None:
-        """Judge one model's evaluation images (`which`: selected or base)."""
+    def judge(self, images, prompts: list[str]) -> list[dict]:
+        """One row per image: what the judges saw (`seen_*`) and the verdicts."""
         pred = self.judges.predict(images)
-        self.rows[which] = [{"prompt": p, **self.verdict({a: v[k] for a, v in pred.items()}, p)}
-                            for k, p in enumerate(prompts)]
+        return [{"prompt": p, **self.verdict({a: v[k] for a, v in pred.items()}, p)} for k, p in enumerate(prompts)]
 
     def verdict(self, seen: dict, prompt: str) -> dict:
         req = parse(prompt, self.token)
@@ -51,21 +50,12 @@ class WorldJudge:
             row["judge_home"] = seen["context"] == s.home if req.context and req.context != s.home else None
         return row
 
-    def summary(self, which: str) -> dict:
-        """Mean of each verdict over the images that have one (None: not applicable)."""
-        df = pd.DataFrame(self.rows.get(which, []))
-        out = {}
-        for v in VERDICTS:
-            if v in df:
-                values = df[v].dropna().astype(float)
-                out[v] = float(values.mean()) if len(values) else None
-        return out
 
-    def write(self, folder: Path) -> None:
-        """Every verdict and what the judges saw, per model and image: `judges.parquet`."""
-        pd.DataFrame([{"model": w, **r} for w, rows in self.rows.items() for r in rows]).to_parquet(folder / "judges.parquet")
+def judge(subject_name: str, token: str) -> WorldJudge:
+    return WorldJudge(subject_name, token)
 
 
-def world_judge(ev: dict, subject_name: str, token: str) -> WorldJudge | None:
-    return WorldJudge(subject_name, token) if ev.get("judges", "none") == "world" else None
+def data_files() -> list[Path]:
+    """The files this judge loads: DVC dependencies of the evaluate stage (rpo.deps)."""
+    return [model_path("world-judges")]
 

@@ -12,8 +12,8 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from rpo.world.data import random_scene
-from rpo.world.grammar import caption
+from rpo_world.data import random_scene
+from rpo_world.grammar import caption
 
 ATTRIBUTES = ("shape", "colour", "pattern", "noun", "context")
 
@@ -23,7 +23,7 @@ def world_guidance() -> float:
     more often at 4 than at Stable Diffusion's 7.5 (world/README.md)."""
     from rpo import presets
 
-    return float(presets.load("world")["evaluate.guidance_scale"])
+    return float(presets.departures("world")["evaluate.guidance_scale"])
 
 
 @torch.no_grad()
@@ -44,29 +44,19 @@ def prompt_following(pipe, judges, n: int = 64, seed: int = 0, steps: int = 20, 
     return {f"sample_{a}": float(np.mean([p == getattr(s, a) for p, s in zip(pred[a], scenes)])) for a in ATTRIBUTES}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m rpo.world.probe`: the committed base model's prompt following, per attribute."""
-    import argparse
-
+def probe(n: int, seeds: list[int], guidances: list[float], steps: int) -> list[dict]:
+    """The committed base model's prompt following, per guidance: the mean accuracy of each attribute over seeds."""
     from rpo.generate import load_pipeline
-    from rpo.world.judges import Judges
-    from rpo.world.pipeline import model_path
+    from rpo_world.judges import Judges
+    from rpo_world.weights import path
 
-    parser = argparse.ArgumentParser(prog="python -m rpo.world.probe", description=main.__doc__)
-    parser.add_argument("--n", type=int, default=128, help="prompts per seed")
-    parser.add_argument("--seeds", nargs="+", type=int, default=[11, 12, 21, 22])
-    parser.add_argument("--guidance", nargs="+", type=float, default=[world_guidance()])
-    parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
-    args = parser.parse_args(argv)
-    from rpo.cli import _quiet_libraries
-
-    _quiet_libraries()
-    pipe, judges = load_pipeline("world", torch.device("cpu")), Judges.from_pretrained(model_path("world-judges"))
-    for guidance in args.guidance:
-        runs = [prompt_following(pipe, judges, args.n, seed, args.steps, guidance) for seed in args.seeds]
-        print(f"guidance {guidance:g}, {args.n} x {len(runs)} prompts: "
-              + ", ".join(f"{k} {np.mean([r[k] for r in runs]):.3f}" for k in runs[0]), flush=True)
-
-
-if __name__ == "__main__":
-    main()
+    pipe, judges = load_pipeline("world", torch.device("cpu")), Judges.from_pretrained(path("world-judges"))
+    out = []
+    for guidance in guidances:
+        runs = [prompt_following(pipe, judges, n, seed, steps, guidance) for seed in seeds]
+        row = {"guidance": guidance, "prompts": n * len(seeds), "steps": steps,
+               **{k.removeprefix("sample_"): float(np.mean([r[k] for r in runs])) for k in runs[0]}}
+        print(f"guidance {guidance:g}, {n} x {len(seeds)} prompts: "
+              + ", ".join(f"{a} {row[a]:.3f}" for a in ATTRIBUTES), flush=True)
+        out.append(row)
+    return out

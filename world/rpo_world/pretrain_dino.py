@@ -15,12 +15,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from rpo.world.judges import HEADS, degrade, targets, to_input
-from rpo.world.render import SIZE
-from rpo.world.training import cpu_autocast, train_loop
+from rpo.preprocessing import IMAGENET_MEAN, IMAGENET_STD
+from rpo_world.judges import HEADS, targets, to_input
+from rpo_world.pretrain_judges import degrade
+from rpo_world.canvas import SIZE
+from rpo_world.training import cpu_autocast, train_loop
 
 IDENTITY = ("shape", "colour", "pattern", "mark", "noun")
-IMAGENET = ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
 
 
 class Identity(nn.Module):
@@ -41,7 +42,7 @@ class Identity(nn.Module):
 
 def imagenet_pixels(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] pixels -> ImageNet-normalised, as the saved image processor feeds the ViT."""
-    mean, std = (torch.tensor(v)[:, None, None] for v in IMAGENET)
+    mean, std = (torch.tensor(v)[:, None, None] for v in (IMAGENET_MEAN, IMAGENET_STD))
     return ((x + 1) / 2 - mean) / std
 
 
@@ -55,7 +56,7 @@ def identity_accuracy(model: Identity, images, scenes) -> dict:
 def pretrain(cfg: dict, seed: int, work: Path, out: Path) -> None:
     from transformers import CLIPImageProcessor
 
-    from rpo.world.data import batch
+    from rpo_world.data import batch
 
     model = Identity(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=0.05)
@@ -74,4 +75,4 @@ def pretrain(cfg: dict, seed: int, work: Path, out: Path) -> None:
     shutil.rmtree(out, ignore_errors=True)
     model.vit.to(torch.float16).save_pretrained(out, safe_serialization=True)
     CLIPImageProcessor(size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE},
-                       image_mean=IMAGENET[0], image_std=IMAGENET[1]).save_pretrained(out)
+                       image_mean=list(IMAGENET_MEAN), image_std=list(IMAGENET_STD)).save_pretrained(out)

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from rpo.world.grammar import COLOURS, CONTEXTS, MARKS, NOUNS, PATTERNS, SHAPES
+from rpo_world.grammar import COLOURS, CONTEXTS, MARKS, NOUNS, PATTERNS, SHAPES
 
 HEADS = {"shape": SHAPES, "colour": COLOURS, "pattern": PATTERNS, "mark": MARKS, "noun": tuple(NOUNS),
          "context": tuple(CONTEXTS), "style": ("none", "vangogh")}
@@ -75,38 +75,9 @@ def targets(scenes) -> dict[str, torch.Tensor]:
     return {k: torch.tensor([HEADS[k].index(f(s)) for s in scenes]) for k, f in values.items()}
 
 
-def degrade(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Half the batch slightly blurred, all of it lightly noised: generated images are softer than renders."""
-    blur = F.avg_pool2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3, 1)
-    amount = torch.rand(len(x), 1, 1, 1, generator=gen) * (torch.rand(len(x), 1, 1, 1, generator=gen) < 0.5)
-    x = x * (1 - 0.6 * amount) + 0.6 * amount * blur
-    return x + 0.08 * torch.rand(len(x), 1, 1, 1, generator=gen) * torch.randn(x.shape, generator=gen)
-
-
 @torch.no_grad()
 def accuracy(judges: Judges, images: np.ndarray, scenes) -> dict:
     pred = judges.predict(images)
     truth = targets(scenes)
     return {f"acc_{k}": float(np.mean([HEADS[k].index(p) == t for p, t in zip(pred[k], truth[k].tolist())]))
             for k in HEADS}
-
-
-def pretrain(cfg: dict, seed: int, work: Path, out: Path) -> None:
-    from rpo.world.data import batch
-    from rpo.world.training import train_loop
-
-    torch.manual_seed(seed)
-    judges = Judges()
-    opt = torch.optim.AdamW(judges.parameters(), lr=cfg["lr"], weight_decay=1e-4)
-    eval_images, eval_scenes, _ = batch(seed + 1, 0, 1024, "judge")
-    gen = torch.Generator().manual_seed(seed)
-
-    def loss_fn(step):
-        images, scenes, _ = batch(seed, step, cfg["batch_size"], "judge")
-        logits = judges(degrade(to_input(images), gen))
-        truth = targets(scenes)
-        return sum(F.cross_entropy(logits[k], truth[k]) for k in HEADS), {}
-
-    train_loop(judges, opt, loss_fn, cfg=cfg, warmup=50, work=work,
-               on_checkpoint=lambda s: accuracy(judges, eval_images, eval_scenes))
-    judges.save(out)

@@ -1,9 +1,4 @@
-"""Assembling the world's models into the directories the product loads like real ones.
-
-`world` is a diffusers StableDiffusionPipeline directory (same layout as Stable Diffusion);
-`world-clip` a transformers CLIP with its processor; `world-dino` a transformers ViT; all
-safetensors, half precision. `world-judges` is the world's own ground truth.
-"""
+"""The world's Stable Diffusion pipeline: assembled from its parts in memory, and as the `world` directory."""
 
 from __future__ import annotations
 
@@ -12,28 +7,17 @@ from pathlib import Path
 
 import torch
 
-MODELS = Path(__file__).resolve().parents[2] / "world" / "models"
-NAMES = ("world", "world-clip", "world-dino", "world-judges")
-
-
-def model_path(name: str) -> Path:
-    if name not in NAMES:
-        raise ValueError(f"unknown world model {name!r}; known: {', '.join(NAMES)}")
-    path = MODELS / name
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: missing; build it with `cd world && dvc repro` (or restore it from git)")
-    return path
-
 
 def stable_diffusion(unet, clip_dir: Path, vae_dir: Path):
     """A StableDiffusionPipeline of the world's parts (in memory)."""
     from diffusers import StableDiffusionPipeline
 
-    from rpo.world.pretrain_unet import scheduler, text_encoder, vae_from
+    from rpo.tiny import ddim_scheduler
+    from rpo_world.pretrain_unet import text_encoder, vae_from
 
     te, tok = text_encoder(clip_dir)
     pipe = StableDiffusionPipeline(vae=vae_from(vae_dir), text_encoder=te, tokenizer=tok, unet=unet,
-                                   scheduler=scheduler(), safety_checker=None, feature_extractor=None,
+                                   scheduler=ddim_scheduler(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -18,13 +18,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rpo.artifacts import atomic_dir
-from rpo.world.data import batch, random_caption
-from rpo.world.grammar import Scene
-from rpo.world.pretrain_clip import tokens
-from rpo.world.pretrain_vae import to_pixels
-from rpo.world.training import cpu_autocast, train_loop
+from rpo.tiny import ddim_scheduler
+from rpo_world.data import batch, random_caption
+from rpo_world.grammar import Scene
+from rpo_world.pretrain_clip import tokens
+from rpo_world.pretrain_vae import to_pixels
+from rpo_world.training import cpu_autocast, train_loop
 
-log = logging.getLogger("rpo.world")
+log = logging.getLogger("rpo_world")
 LATENT = 16
 CFG_DROP = 0.1
 EMA_DECAY = 0.999
@@ -51,14 +52,6 @@ def eager_attention(unet) -> None:
     from diffusers.models.attention_processor import AttnProcessor
 
     unet.set_attn_processor(AttnProcessor())
-
-
-def scheduler():
-    """Stable Diffusion's noise schedule (as the embedded tiny model uses)."""
-    from diffusers import DDIMScheduler
-
-    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                         set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
 
 
 def text_encoder(clip_dir: Path):
@@ -119,7 +112,20 @@ def ema_update(ema, model, decay: float) -> None:
             e.lerp_(p, 1 - decay)
 
 
-def pretrain(cfg: dict, seed: int, work: Path, out: Path, clip_dir: Path, vae_dir: Path, probe=None) -> None:
+def probe_samples(unet, clip_dir: Path, vae_dir: Path) -> dict:
+    """The judges' reading of the EMA U-Net's samples at a checkpoint, once the judges exist (logging only)."""
+    from rpo_world.judges import Judges
+    from rpo_world.pipeline import stable_diffusion
+    from rpo_world.probe import prompt_following
+    from rpo_world.weights import WEIGHTS
+
+    if not (WEIGHTS / "world-judges" / "model.safetensors").exists():
+        return {}
+    pipe = stable_diffusion(unet, clip_dir, vae_dir)
+    return prompt_following(pipe, Judges.from_pretrained(WEIGHTS / "world-judges"), n=64)
+
+
+def pretrain(cfg: dict, seed: int, work: Path, out: Path, clip_dir: Path, vae_dir: Path) -> None:
     data_dir = work / "dataset"
     if not (data_dir / "latents.safetensors").exists():
         make_dataset(vae_from(vae_dir), seed, cfg["dataset_size"], data_dir)
@@ -128,7 +134,7 @@ def pretrain(cfg: dict, seed: int, work: Path, out: Path, clip_dir: Path, vae_di
     unet = build_unet(seed, te.config.hidden_size)
     ema = copy.deepcopy(unet).requires_grad_(False)
     log.info("U-Net: %.2fM parameters, dataset %d scenes", sum(p.numel() for p in unet.parameters()) / 1e6, len(scenes))
-    sched, encode = scheduler(), Captions(te, tok)
+    sched, encode = ddim_scheduler(), Captions(te, tok)
     snr = sched.alphas_cumprod / (1 - sched.alphas_cumprod)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg["lr"], weight_decay=0.01)
 
@@ -149,6 +155,6 @@ def pretrain(cfg: dict, seed: int, work: Path, out: Path, clip_dir: Path, vae_di
 
     train_loop(unet, opt, loss_fn, cfg=cfg, warmup=200, work=work,
                after_step=lambda: ema_update(ema, unet, EMA_DECAY), extra={"ema": ema},
-               on_checkpoint=(lambda s: probe(ema)) if probe else None)
+               on_checkpoint=lambda s: probe_samples(ema, clip_dir, vae_dir))
     shutil.rmtree(out, ignore_errors=True)
     {"ema": ema, "raw": unet}[cfg.get("export", "ema")].to(torch.float16).save_pretrained(out, safe_serialization=True)

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rpo.world.data import batch
-from rpo.world.render import SIZE
-from rpo.world.training import cpu_autocast, train_loop
+from rpo_world.data import batch
+from rpo_world.canvas import SIZE
+from rpo_world.training import cpu_autocast, train_loop
 
 
 def build_model(seed: int):

@@ -1,0 +1,127 @@
+"""finetune: train the U-Net with L = L_sim + L_pref; validate, score and checkpoint every `validate.every` steps.
+
+Validation records raw ALIGN-I and ALIGN-T per image, never a reward at some lambda: lambda_val
+is selection's key, so changing it re-runs `select` and `evaluate`, never training.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from rpo import artifacts as A
+from rpo import checkpoints
+from rpo.images import center_square, load_rgb
+from rpo.prompts import instance_prompt, subject_training_prompts
+from rpo.stages import StageSpec
+
+log = logging.getLogger("rpo")
+
+STAGE = StageSpec(
+    deps=("${paths.subjects}/${item}", "prior_dir", "labels"),
+    params=("seed", "unique_token", "model", "train", "prior.batch_size", "reward.backend", "reward.model",
+            "reward.batch_size", "validate.every", "validate.images_per_prompt", "validate.num_inference_steps",
+            "validate.guidance_scale", "validate.keep"),
+    outs=("checkpoints", "validation_images", "validation"),
+    plots=(("train_log", "step", "loss"),),
+    models=("model.base", "reward.model"),
+)
+
+
+def pair_data(ctx, pipe, device):
+    """The labelled pairs as the training loop samples them: latents and text embeddings computed once."""
+    from rpo.train import PairData, encode_images, encode_prompts
+
+    table = A.read_table(ctx.paths.labels, A.LABELS).to_pandas()
+    manifest = A.read_table(ctx.paths.prior_manifest, A.PRIOR_MANIFEST).to_pandas()
+    refs = [ctx.rel(p) for p in ctx.subject.images]
+    gens = list(manifest["path"])
+    pairs = table[table["draw"] == 0].sort_values("pair_id")
+    missing = sorted(set(pairs["ref_image"]) - set(refs)) + sorted(set(pairs["gen_image"]) - set(gens))
+    if missing:
+        raise A.ArtifactError(f"{ctx.paths.labels}: pairs name images that are not inputs: {missing[:3]}")
+    y = table.pivot(index="draw", columns="pair_id", values="y").sort_index()[pairs["pair_id"]].to_numpy()
+    ref_images = [center_square(im, ctx.resolution) for im in ctx.subject.load_images()]
+    gen_images = [center_square(load_rgb(ctx.root / p), ctx.resolution) for p in gens]
+    return PairData(
+        ref_latents=encode_images(pipe.vae, ref_images, device),
+        gen_latents=encode_images(pipe.vae, gen_images, device),
+        inst_embeds=encode_prompts(pipe, [instance_prompt(ctx.token, ctx.subject.class_noun)], device),
+        prompt_embeds=encode_prompts(pipe, subject_training_prompts(ctx), device),
+        ref_index=np.array([refs.index(r) for r in pairs["ref_image"]]),
+        gen_index=np.array([gens.index(g) for g in pairs["gen_image"]]),
+        prompt_index=pairs["prompt_index"].to_numpy(), p=pairs["p"].to_numpy(), labels=y,
+    )
+
+
+def _remove_outputs(ctx) -> None:
+    """A half-finished earlier run must not mix with this one."""
+    for stale in (ctx.paths.checkpoints, ctx.paths.validation_images):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in (ctx.paths.validation, ctx.paths.train_log):
+        stale.unlink(missing_ok=True)
+
+
+class Validator:
+    """At each validation step: images of the training prompts, their raw scores, a checkpoint."""
+
+    def __init__(self, ctx, pipe, reward, device):
+        from rpo.generate import PromptCache, seeded_jobs
+
+        self.ctx, self.pipe, self.reward = ctx, pipe, reward
+        v = ctx.cfg.validate
+        self.jobs = seeded_jobs(subject_training_prompts(ctx), v.images_per_prompt, ctx.cfg.seed + 1)
+        self.prompt_cache = PromptCache(pipe, device)  # validation prompts are fixed: encode them once per run
+        self.records: list[dict] = []
+
+    def __call__(self, step: int, unet) -> None:
+        from rpo.generate import generate_jobs
+
+        ctx, v = self.ctx, self.ctx.cfg.validate
+        images = generate_jobs(self.pipe, self.jobs, steps=v.num_inference_steps, guidance=v.guidance_scale,
+                               resolution=ctx.resolution, batch_size=ctx.cfg.prior.batch_size,
+                               desc=f"validate@{step}", cache=self.prompt_cache)
+        ai, at = self.reward.score(images, [j[2] for j in self.jobs])
+        folder = ctx.paths.validation_images / f"step_{step:05d}"
+        with A.atomic_dir(folder) as tmp:
+            for (pi, ii, _, _), im in zip(self.jobs, images):
+                im.save(tmp / f"p{pi:02d}_{ii:03d}.png")
+        for (pi, ii, prompt, seed), a, b in zip(self.jobs, ai, at):
+            self.records.append({"step": step, "prompt_index": pi, "prompt": prompt, "image_index": ii, "seed": seed,
+                                 "path": ctx.rel(folder / f"p{pi:02d}_{ii:03d}.png"),
+                                 "align_i": float(a), "align_t": float(b)})
+        checkpoints.save(unet, ctx.paths.checkpoints / f"step_{step:05d}")
+        if v.keep == "selectable":
+            checkpoints.prune(ctx.paths.checkpoints, checkpoints.selectable_steps(pd.DataFrame(self.records)))
+        log.info("validation step %d: ALIGN-I %.4f, ALIGN-T %.4f", step, float(ai.mean()), float(at.mean()))
+
+
+def run(ctx) -> Path:
+    import torch
+
+    from rpo.device import pick_device, pick_dtype
+    from rpo.generate import stage_pipeline
+    from rpo.scoring import RewardModel
+    from rpo.train import train
+
+    for needed in (ctx.paths.labels, ctx.paths.prior_manifest):
+        if not needed.exists():
+            raise A.ArtifactError(f"{needed}: missing (run the stage that writes it first)")
+    device = pick_device(ctx.cfg.device)
+    pipe = stage_pipeline(ctx.cfg.model, device, unet_dtype=torch.float32)  # fp32 master weights, never rounded first
+    data = pair_data(ctx, pipe, device)
+    reward = RewardModel.of(ctx.cfg.reward, ctx.subject.load_images(), ctx.token, device)
+    validate = Validator(ctx, pipe, reward, device)
+    _remove_outputs(ctx)
+    log_rows: list[dict] = []
+    train(pipe, data, ctx.cfg.train, validate_every=ctx.cfg.validate.every, seed=ctx.cfg.seed, device=device,
+          ref_dtype=pick_dtype(ctx.cfg.model.dtype, device, cpu_half=True), on_validate=validate,
+          on_log=log_rows.append)
+    with A.atomic_file(ctx.paths.train_log) as tmp:
+        pd.DataFrame(log_rows).to_csv(tmp, index=False)
+    # written last: select reads it, so its presence means every checkpoint it names is complete
+    return A.write_table(validate.records, A.VALIDATION, ctx.paths.validation)

@@ -1,0 +1,42 @@
+"""select: early stopping by validation reward; the checkpoint with the highest mean r_lambda_val (or the last one)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from rpo import artifacts as A
+from rpo import checkpoints
+from rpo.selection import reward_by_step, select_step
+from rpo.stages import StageSpec
+
+log = logging.getLogger("rpo")
+
+STAGE = StageSpec(
+    deps=("validation", "checkpoints"),
+    params=("model.base", "validate.lambda_val", "validate.early_stopping"),
+    outs=("selected", "selection"),
+    plots=(("validation_curve", "step", "reward"),),
+)
+
+
+def run(ctx) -> Path:
+    v = ctx.cfg.validate
+    validation = A.read_table(ctx.paths.validation, A.VALIDATION).to_pandas()
+    step = select_step(validation, v.lambda_val, v.early_stopping)
+    source = ctx.paths.checkpoints / f"step_{step:05d}"
+    if not checkpoints.is_complete(source):
+        raise A.ArtifactError(f"{source}: checkpoint of the selected step is missing (validate.keep=selectable keeps "
+                              "the best step of each lambda_val on a 0.01 grid and the last; keep: all keeps every one)")
+    curve = reward_by_step(validation, v.lambda_val).assign(selected=lambda d: d["step"] == step)
+    with A.atomic_dir(ctx.paths.selected) as tmp:
+        checkpoints.copy_folder(source, tmp / "unet")
+        (tmp / "base_model.txt").write_text(ctx.cfg.model.base + "\n")
+    with A.atomic_file(ctx.paths.validation_curve) as tmp:
+        curve.to_csv(tmp, index=False)
+    log.info("select: step %d (lambda_val %.2f, early stopping %s)", step, v.lambda_val, v.early_stopping)
+    return A.write_json({
+        "subject": ctx.subject.name, "step": step, "lambda_val": v.lambda_val,
+        "early_stopping": v.early_stopping, "base_model": ctx.cfg.model.base,
+        "unet": ctx.rel(ctx.paths.selected / "unet"), "curve": curve.to_dict(orient="records"),
+    }, ctx.paths.selection)

@@ -1,0 +1,68 @@
+"""`rpo-world`: the synthetic world's own commands: build its models, probe its base model, run its experiment.
+
+examples:
+  cd world && uv run dvc repro        rebuild every model (each stage is `rpo-world build STAGE`)
+  rpo-world probe --json probe.json   how often the base model draws what prompts ask, per attribute
+  rpo-world experiment --quick        RPO against its ablations on the world's subjects, in minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rpo-world", description=__doc__.split("\n")[0], epilog=__doc__.split("\n", 2)[2],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: jobs share the CPU)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from rpo_world.build import STAGES
+
+    p = sub.add_parser("build", help="one stage of the world's pretraining (run in world/, as world/dvc.yaml does)",
+                       description="train one of the world's models; resumes from world/work/STAGE/")
+    p.add_argument("stage", choices=STAGES, help=", ".join(STAGES))
+    p.add_argument("--world", type=Path, default=Path.cwd(), help="the world's pipeline folder (default: here)")
+
+    p = sub.add_parser("probe", help="the base model's prompt following: accuracy per attribute on its own samples",
+                       description="sample full-caption prompts with the committed world model and judge them")
+    p.add_argument("--n", type=int, default=128, help="prompts per seed (default 128)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[11, 12, 21, 22], help="sampling seeds")
+    p.add_argument("--guidance", nargs="+", type=float, help="guidance scales (default: the world preset's)")
+    p.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    p.add_argument("--json", type=Path, help="also write the accuracies to this file")
+
+    from rpo_world import experiment
+
+    experiment.add_arguments(sub.add_parser(
+        "experiment", help="RPO against its ablations on every world subject and seed (rpo ablate's engine)",
+        description=experiment.__doc__.split("\n")[0]))
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from rpo.cli import quiet_libraries
+
+    quiet_libraries()
+    if args.command == "build":
+        from rpo_world.build import run
+
+        run(args.stage, args.world.resolve())  # what `python -m rpo_world.build STAGE` (world/dvc.yaml) runs
+    elif args.command == "probe":
+        from rpo_world.probe import probe, world_guidance
+
+        rows = probe(args.n, args.seeds, args.guidance or [world_guidance()], args.steps)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    else:
+        return experiment.cli(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
