@@ -133,8 +133,8 @@ def _main_settings(cfg: C.Config) -> dict:
 # --- where a (row, seed) lives ----------------------------------------------------------------
 
 
-def paths(root: Path, subject: str, over: dict) -> A.Paths:
-    return A.Paths(Path(root), subject, stages.variant_roots(Path(root), over))
+def paths(root: Path, subject: str, over: dict, cfg: C.Config) -> A.Paths:
+    return A.Paths(Path(root), subject, stages.variant_roots(Path(root), over, cfg))
 
 
 # --- the DVC pipeline ---------------------------------------------------------------------
@@ -163,7 +163,7 @@ def pipeline(root: Path, cfg: C.Config, plan: Plan) -> dict:
     for row in plan.rows:
         for seed in plan.seeds:
             over = overrides(cfg, row, seed, plan)
-            reached = stages.reached(over)
+            reached = stages.reached(over, cfg)
             roots = {s: Path(ABLATIONS) / stages.slug(o) for s, o in reached.items() if o}
             if reached["check"]:
                 raise P.ParamsError(f"ablation overrides {sorted(reached['check'])}: a row cannot change what `check` "
@@ -177,7 +177,7 @@ def pipeline(root: Path, cfg: C.Config, plan: Plan) -> dict:
                 variant = C.from_dict(P.apply_overrides(C.to_dict(cfg), mine))
                 body = render(stage, variant, root, paths=A.Paths(Path("."), "${item}", roots),
                               cmd=f"rpo {_set(mine)} stage {stage} --subject ${{item}} --ablation",
-                              params=_declared_params(stages.spec(stage).params, set(mine)),
+                              params=_declared_params(stages.spec(stage).params_for(cfg), set(mine)),
                               values={"paths.subjects": cfg.paths.subjects})
                 entries[name] = {"foreach": plan.subjects, "do": {"wdir": "..", **body["do"]}}
     entries["report"] = {
@@ -197,16 +197,18 @@ def report_inputs(root: Path, cfg: C.Config, plan: Plan) -> list[Path]:
         for seed in plan.seeds:
             over = overrides(cfg, row, seed, plan)
             for s in plan.subjects:
-                p = paths(root, s, over)
+                p = paths(root, s, over, cfg)
                 out += [p.metrics, p.train_log]
     return out
 
 
 def write(root: Path, cfg: C.Config, plan: Plan) -> Path:
     """Check the request, then write ablations/dvc.yaml (atomically) and return its path."""
-    from rpo.subjects import load_subject
+    from rpo.subjects import check_name, load_subject
 
     root = Path(root)
+    for s in plan.subjects:
+        check_name(s)
     outside = [s for s in plan.subjects if s not in cfg.subjects]
     if outside:
         raise P.ParamsError(f"subjects {outside} are not in params.yaml `subjects`: the ablations reuse their main pipeline")
@@ -238,7 +240,7 @@ def results(root: Path, cfg: C.Config, plan: Plan) -> pd.DataFrame:
         for seed in plan.seeds:
             over = overrides(cfg, row, seed, plan)
             for s in plan.subjects:
-                p = paths(root, s, over)
+                p = paths(root, s, over, cfg)
                 metrics = A.read_json(p.metrics)
                 diag = pd.read_csv(p.train_log)[list(DIAGNOSTICS)].mean().to_dict() if p.train_log.exists() else {}
                 out.append({"row": row.label, "subject": s, "seed": seed, "variant": stages.slug(over) or "main",

@@ -36,17 +36,33 @@ def save(unet, out: Path, dtype=None) -> None:
             from safetensors.torch import save_file
 
             unet.save_config(tmp)
-            _drop_origin(tmp / "config.json")
+            drop_origin(tmp / "config.json")
             state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in unet.state_dict().items()}
             save_file(state, tmp / FULL)
 
 
-def _drop_origin(config: Path) -> None:
+def drop_origin(config: Path) -> None:
     """diffusers records where a model was loaded from (`_name_or_path`, an absolute path here): a
     checkpoint must hash the same in every clone of the project."""
     data = json.loads(config.read_text())
     data.pop("_name_or_path", None)
     config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def save_kohya(folder: Path, out: Path) -> Path:
+    """The LoRA weights of checkpoint `folder` as one kohya single-file `.safetensors` (`lora_unet_...` keys
+    with `.alpha`), the format AUTOMATIC1111, ComfyUI and kohya's scripts load.
+
+    Adapters are trained with alpha = rank (rpo.train.add_lora), which is the alpha the converter writes.
+    """
+    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya, convert_unet_state_dict_to_peft
+    from safetensors.torch import load_file, save_file
+
+    saved = load_file(Path(folder) / LORA)  # diffusers' layout: unet.<module>.lora.down/up.weight
+    peft = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in saved.items() if k.startswith("unet.")})
+    state = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft.items()})
+    save_file({k: v.contiguous() for k, v in state.items()}, out, metadata={"format": "pt"})
+    return out
 
 
 def _save_lora(unet, folder: Path) -> None:
@@ -102,6 +118,21 @@ def selectable_steps(validation: pd.DataFrame) -> set[int]:
     from rpo.selection import select_step
 
     return {select_step(validation, float(lam)) for lam in LAMBDA_GRID} | {int(validation["step"].max())}
+
+
+def kept_steps(validation: pd.DataFrame, validate) -> set[int]:
+    """The checkpoints `validate.keep` keeps after the validations so far (`validate`: the config's section).
+
+    `selectable`: every step select can pick (see selectable_steps). A number N: the step select picks under
+    the current lambda_val and early_stopping, then the most recent others, N in all.
+    """
+    from rpo.selection import select_step
+
+    if validate.keep == "selectable":
+        return selectable_steps(validation)
+    steps = sorted(set(int(s) for s in validation["step"]), reverse=True)
+    kept = [select_step(validation, validate.lambda_val, validate.early_stopping)]
+    return set(kept + [s for s in steps if s not in kept][: validate.keep - 1])
 
 
 def prune(checkpoints: Path, keep: set[int]) -> None:

@@ -11,12 +11,15 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
 
 EPILOG = """examples:
   rpo check                                  validate params.yaml and every subject, no model loaded
   rpo stage finetune --subject dog           one stage for one subject (what `dvc repro finetune@dog` runs)
   rpo --set train.max_steps=100 run --subject dog   every stage for one subject, no DVC cache
   rpo subjects add my_dog --images ~/photos/dog --class-noun dog --live
+  rpo export --subject dog --out exports/dog  the fine-tuned model as a diffusers folder (+ LoRA for A1111/ComfyUI)
+  rpo sample --subject dog --prompt "a {V} {k} on the beach" -n 4    images of the subject, with a grid
   rpo preset paper                           switch params.yaml to the paper's settings (SD 2.1, ALIGN, 512 px)
   rpo ablate dog --tables 3                  the paper's lambda_val ablation for one subject
   rpo dvc sync                               rewrite dvc.yaml's stages from the code (dependencies, params, outputs)
@@ -58,11 +61,35 @@ def build_parser() -> argparse.ArgumentParser:
                 "example: rpo --set train.max_steps=100 run --subject dog")
     p.add_argument("--subject", required=True, help="the subject, a folder of paths.subjects")
 
-    command("check", "rpo.stages.check:cli", "validate params.yaml and every listed subject, loading no model",
+    command("check", "rpo.checkup:cli", "validate params.yaml and every listed subject, loading no model",
             "example: rpo check")
 
     p = command("report", "rpo.stages.report:cli", "the DreamBench report over the subjects of params.yaml",
                 "writes reports/summary.md, summary.json, figures/, curves/, timings.md\nexample: rpo report")
+
+    p = command("export", "rpo.export:cli", "write the subject's fine-tuned model as a diffusers folder (+ LoRA files)",
+                "loads with plain DiffusionPipeline.from_pretrained(DIR); a LoRA run also writes DIR/lora/ (diffusers)\n"
+                "and DIR/lora/<subject>_kohya.safetensors (AUTOMATIC1111, ComfyUI, kohya)\n"
+                "example: rpo export --subject dog --out exports/dog")
+    p.add_argument("--subject", required=True, help="the subject whose selected model to export")
+    p.add_argument("--out", required=True, help="the folder to write (refused if it exists, unless --overwrite)")
+    p.add_argument("--dtype", default="fp16", choices=("fp16", "bf16", "fp32"), help="weights' precision (default fp16)")
+    p.add_argument("--step", type=int, help="export the checkpoint of this validation step instead of the selected one")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+
+    p = command("sample", "rpo.sample:cli", "draw images of the fine-tuned subject for a prompt, with a grid",
+                "placeholders: {V} = the unique token, {k} = the class noun\n"
+                'example: rpo sample --subject dog --prompt "a {V} {k} on the beach" -n 4 --seed 0')
+    p.add_argument("--prompt", required=True, help='the prompt, e.g. "a {V} {k} on the beach" or "a sks dog in the snow"')
+    p.add_argument("--subject", help="the subject whose selected model draws (its token and class fill the placeholders)")
+    p.add_argument("-n", type=int, default=4, help="how many images (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first image; image i uses seed + i (default 0)")
+    p.add_argument("--steps", type=int, help="sampler steps (default: evaluate.num_inference_steps)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance (default: evaluate.guidance_scale)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per pipeline call (default 8)")
+    p.add_argument("--out", help="folder for the images and grid.png (default: samples/<subject>/<prompt>/)")
+    p.add_argument("--step", type=int, help="use the checkpoint of this validation step instead of the selected one")
+    p.add_argument("--model", help="an exported folder (rpo export) instead of the subject's selected model")
 
     p = command("ablate", "rpo.ablation:cli", "the paper's ablations (Tables 2 and 3): ablations/dvc.yaml, then dvc repro",
                 "example: rpo ablate dog --tables 3")
@@ -143,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     quiet_libraries()
+    from rpo.artifacts import project_root, remove_stale_temporaries
+
+    root = project_root(Path.cwd() / args.params)
+    if root is not None:
+        remove_stale_temporaries(root)  # what killed commands left behind: never read, never listed
     errors = tuple(_load(e) for e in USER_ERRORS)
     try:
         return _load(args.handler)(args) or 0

@@ -54,6 +54,12 @@ def _units(v):
     return None
 
 
+def _keep(v):
+    if v in ("all", "selectable") or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+        return None
+    return f"must be all, selectable or a number of checkpoints >= 1, got {v!r}"
+
+
 def _seeds(v):
     if not isinstance(v, (list, tuple)) or any(NONNEG(x) for x in v):
         return f"must be a list of integers >= 0, got {v!r}"
@@ -128,6 +134,7 @@ class Train:
     gradient_checkpointing: bool = key(False, _flag)
     lora_rank: int = key(0, NONNEG)
     compile: bool = key(False, _flag)
+    resume: bool = key(True, _flag)
 
 
 @dataclass(frozen=True)
@@ -138,7 +145,7 @@ class Validate:
     guidance_scale: float = key(7.5, _num(0.0))
     lambda_val: float = key(0.5, UNIT)
     early_stopping: bool = key(True, _flag)
-    keep: str = key("selectable", _choice("all", "selectable"))
+    keep: str | int = key("selectable", _keep)
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ def imported(path: Path, root: Path = REPO) -> set[Path]:
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
             names.add(base)
             names.update(f"{base}.{a.name}" for a in node.names)  # `from rpo import artifacts` imports a module
-        elif isinstance(node, ast.Call) and here != "rpo.registry":
+        elif isinstance(node, ast.Call) and here not in ("rpo.registry", "rpo.deps"):  # the mechanism, not a use
             group = _plugin_group(node)
             if group:
                 names.update(t.split(":")[0] for t in entry_points(group, root))
@@ -132,7 +132,7 @@ def model_dirs(cfg, stage: str, root: Path = REPO) -> list[str]:
 
     values = C.to_dict(cfg)
     out = {_inside(Path(registry.model_path(P.get(values, key), build=False)), root) for key in spec(stage).models}
-    if reads(stage, "evaluate.judges") and cfg.evaluate.judges != "none":
+    if reads(stage, "evaluate.judges", cfg) and cfg.evaluate.judges != "none":
         judge = registry.plugin("rpo.judges", cfg.evaluate.judges)
         out.update(_inside(Path(f), root) for f in judge.data_files())
     return sorted(o for o in out if o)
@@ -175,7 +175,7 @@ def render(stage: str, cfg, root: Path = REPO, paths=None, cmd: str | None = Non
 
     body = {"cmd": cmd or command(stage),
             "deps": [where(d) for d in s.deps] + model_dirs(cfg, stage, root) + stage_code(stage, root),
-            "params": list(params if params is not None else s.params)}
+            "params": list(params if params is not None else s.params_for(cfg))}
     for kind in ("outs", "metrics"):
         if getattr(s, kind):
             body[kind] = [where(o) for o in getattr(s, kind)]

@@ -192,17 +192,30 @@ def trainable_unets(unet, cfg: Train, device, ref_dtype):
     return unet, ref
 
 
+@dataclass
+class TrainingState:
+    """Everything a stopped run needs to go on exactly as if it had not stopped (rpo.stages.finetune.Resume)."""
+
+    step: int
+    weights: dict  # the trainable weights in fp32: the whole U-Net, or the adapters under LoRA
+    optimizer: dict
+    scaler: dict
+    generator: torch.Tensor  # the noise and timestep generator's state
+
+
 def train(pipe, data: PairData, cfg: Train, *, validate_every: int, seed: int, device, ref_dtype, on_validate,
-          on_log) -> None:
+          on_log, resume_from: TrainingState | None = None, on_checkpoint=None) -> None:
     """Fine-tune pipe.unet in place; on_validate(step, unet) at each validation step, on_log(row) every step.
 
     `ref_dtype` (model.dtype) is the precision of everything that runs without gradients: the frozen
     reference U-Net and the validation images; `cfg.mixed_precision` that of the training step.
+    `resume_from` goes on from a saved state; `on_checkpoint(state)` receives one after each validation.
     """
     for frozen in (pipe.vae, pipe.text_encoder):
         frozen.requires_grad_(False)
-    unet, ref_unet = trainable_unets(pipe.unet, cfg, device, ref_dtype)
-    params = [p for p in unet.parameters() if p.requires_grad]
+    unet, ref_unet = trainable_unets(pipe.unet, cfg, device, ref_dtype)  # eps_ref from the base, before any resume
+    named = {n: p for n, p in unet.named_parameters() if p.requires_grad}
+    params = list(named.values())
     scheduler = training_scheduler(pipe)
     opt = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                             weight_decay=cfg.weight_decay)
@@ -211,12 +224,15 @@ def train(pipe, data: PairData, cfg: Train, *, validate_every: int, seed: int, d
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a no-op)
     scaler = torch.amp.GradScaler(device.type, enabled=train_dtype == torch.float16)
     generator = torch.Generator("cpu").manual_seed(seed)
+    start = 0
+    if resume_from is not None:
+        start = _restore(resume_from, named, opt, scaler, generator)
     checks = set(validation_steps(cfg.max_steps, validate_every))
-    log.info("training %d steps on %d pairs (batch %d, beta %g, %s, %d trainable weights), validating at steps %s",
+    log.info("training %d steps on %d pairs (batch %d, beta %g, %s, %d trainable weights), validating at steps %s%s",
              cfg.max_steps, data.n_pairs, cfg.batch_size, cfg.beta,
              f"LoRA rank {cfg.lora_rank}" if cfg.lora_rank else "full U-Net", sum(p.numel() for p in params),
-             sorted(checks))
-    bar = tqdm(range(1, cfg.max_steps + 1), desc="finetune", unit="step")
+             sorted(checks), f"; resuming after step {start}" if start else "")
+    bar = tqdm(range(start + 1, cfg.max_steps + 1), desc="finetune", unit="step", initial=start, total=cfg.max_steps)
     for step in bar:
         unet.train()
         idx, draw = data.batch_indices(step - 1, cfg.batch_size, seed)
@@ -236,6 +252,22 @@ def train(pipe, data: PairData, cfg: Train, *, validate_every: int, seed: int, d
             unet.eval()
             with _autocast(ref_dtype, device)():
                 on_validate(step, unet)
+            if on_checkpoint is not None and step < cfg.max_steps:
+                on_checkpoint(TrainingState(step, {n: p.detach().float().cpu().clone() for n, p in named.items()},
+                                            opt.state_dict(), scaler.state_dict(), generator.get_state()))
+
+
+def _restore(state: TrainingState, named: dict, opt, scaler, generator) -> int:
+    missing = sorted(set(named) ^ set(state.weights))
+    if missing:
+        raise ValueError(f"the saved training state does not fit this model: {missing[:3]}")
+    with torch.no_grad():
+        for name, p in named.items():
+            p.copy_(state.weights[name].to(p.device, p.dtype))
+    opt.load_state_dict(state.optimizer)
+    scaler.load_state_dict(state.scaler)
+    generator.set_state(state.generator)
+    return state.step
 
 
 def training_scheduler(pipe):

@@ -192,3 +192,116 @@ def test_finetune_killed_half_way_leaves_nothing_that_select_would_take(tmp_path
         assert (ckpt / "diffusion_pytorch_model.safetensors").exists() and (ckpt / "config.json").exists()
     select = rpo(root, "stage", "select", "--subject", SUBJECT, check=False)
     assert select.returncode == 2 and "validation.parquet: missing" in select.stderr
+
+
+# --- every command that takes user input: checked whole before anything is written ---------------------------
+
+LONG = "x" * 300
+BAD_REQUESTS = [
+    (["subjects", "add", "", "--images", "{photos}", "--class-noun", "cup"], "subject name '': must not be empty"),
+    (["subjects", "add", "   ", "--images", "{photos}", "--class-noun", "cup"], "must not be empty"),
+    (["subjects", "add", LONG, "--images", "{photos}", "--class-noun", "cup"], "300 characters, at most 64"),
+    (["subjects", "add", "cup", "--images", "{photos}", "--class-noun", "   "], "class noun must be a non-empty word"),
+    (["subjects", "add", "cup", "--images", "{photos}", "--class-noun", LONG], "is 300 characters, at most 64"),
+    (["subjects", "add", "cup", "--images", "{photos}/nowhere", "--class-noun", "cup"], "nowhere: not a directory"),
+    (["subjects", "add", "cup", "--images", "{photos}", "--class-noun", "cup", "--max-size", "8"],
+     "--max-size 8 px is below model.resolution 32 px"),
+    (["subjects", "add", "cup", "--images", "{broken}", "--class-noun", "cup"], "not a readable image"),
+    (["--set", "train.max_steps=", "check"], "train.max_steps: must be an integer, got ''"),
+    (["--set", "train.max_steps", "check"], "expected KEY=VALUE"),
+    (["preset", ""], "unknown preset ''"),
+    (["stage", "prior", "--subject", ""], "subject name '': must not be empty"),
+    (["stage", "prior", "--subject", LONG], "300 characters, at most 64"),
+    (["export", "--subject", SUBJECT, "--out", ""], "--out: must not be empty"),
+    (["export", "--subject", SUBJECT, "--out", "{photos}/x", "--step", "-1"], "--step: must be >= 1"),
+    (["sample", "--subject", SUBJECT, "--prompt", LONG * 2], "--prompt: 600 characters, at most 500"),
+    (["ablate", ""], "subject name '': must not be empty"),
+]
+
+
+@pytest.fixture
+def photos(tmp_path):
+    good = tmp_path / "photos"
+    good.mkdir()
+    for i in range(3):
+        Image.new("RGB", (64, 48), (40 * i, 90, 160)).save(good / f"{i}.png")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for i in range(2):
+        Image.new("RGB", (64, 48)).save(broken / f"{i}.png")
+    (broken / "2.png").write_bytes(b"half a png")
+    return good, broken
+
+
+def _snapshot(root):
+    return {p.relative_to(root): p.stat().st_mtime_ns for p in root.rglob("*") if ".rpo" not in p.parts}
+
+
+@pytest.mark.parametrize("args, message", BAD_REQUESTS, ids=[" ".join(a)[:40] for a, _ in BAD_REQUESTS])
+def test_a_bad_request_fails_in_one_line_before_anything_is_written(project, photos, args, message):
+    good, broken = photos
+    args = [a.replace("{photos}", str(good)).replace("{broken}", str(broken)) for a in args]
+    before = _snapshot(project)
+    proc = rpo(project, *args, check=False)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 or proc.stderr.startswith("rpo: error: params.yaml")
+    assert _snapshot(project) == before  # nothing written, nothing touched
+
+
+def test_a_multi_subject_import_writes_nothing_when_a_later_photo_is_broken(project, tmp_path):
+    from conftest import DREAMBENCH, needs_dreambench  # noqa: F401
+
+    if not (DREAMBENCH / "can").is_dir():
+        pytest.skip(f"DreamBench photos not found at {DREAMBENCH}")
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "prompts_and_classes.txt").write_text((DREAMBENCH / "prompts_and_classes.txt").read_text())
+    for name in ("can", "teapot"):
+        (dataset / name).mkdir()
+        for p in sorted((DREAMBENCH / name).iterdir())[:3]:
+            (dataset / name / p.name).write_bytes(p.read_bytes())
+    last = sorted((dataset / "teapot").iterdir())[-1]
+    last.write_bytes(b"not a photo")
+    proc = rpo(project, "subjects", "add-dreambench", "--dataset", str(dataset), "can", "teapot", check=False)
+    assert proc.returncode == 2 and f"{last}: not a readable image" in proc.stderr
+    assert not (project / "data" / "subjects" / "can").exists()  # the first subject was not written either
+
+
+def test_one_photo_works_with_a_warning_and_many_photos_are_all_kept(project, tmp_path):
+    one = tmp_path / "one"
+    one.mkdir()
+    Image.new("RGB", (64, 64), "red").save(one / "a.png")
+    proc = rpo(project, "subjects", "add", "solo", "--images", str(one), "--class-noun", "ball")
+    assert "1 photos; the paper uses 3 to 6" in proc.stderr and "added solo: 1 images" in proc.stdout
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(14):
+        Image.new("RGB", (64, 64), (i * 15, 0, 0)).save(many / f"{i:02d}.png")
+    proc = rpo(project, "subjects", "add", "crowd", "--images", str(many), "--class-noun", "ball")
+    assert "14 photos; the paper uses 3 to 6 (all 14 are kept)" in proc.stderr and "added crowd: 14 images" in proc.stdout
+
+
+def test_stale_temporaries_of_a_killed_command_are_removed_and_do_not_break_listing(project):
+    stale = project / ".rpo" / "tmp" / "999999999" / ".cup.abc.tmp"  # a pid no process has
+    stale.mkdir(parents=True)
+    (stale / "00.png").write_bytes(b"half")
+    out = rpo(project, "subjects", "list").stdout
+    assert SUBJECT in out and "cup" not in out
+    assert not (project / ".rpo" / "tmp" / "999999999").exists()
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda root: write_params(root, {"subjects": [SUBJECT, "no_such_dog"]}), "unknown subject 'no_such_dog'"),
+    (lambda root: (root / "data" / "subjects" / SUBJECT / "02.jpg").write_bytes(b"broken"), "02.jpg: not a readable image"),
+])
+def test_dvc_repro_stops_at_the_check_before_any_model_stage(tmp_path, damage, message):
+    from conftest import dvc, git_init
+
+    root = copy_project(tmp_path / "p", FAST)
+    damage(root)
+    git_init(root)
+    proc = dvc(root, "repro", check=False)
+    assert proc.returncode != 0 and message in proc.stdout + proc.stderr
+    assert "Running stage 'check'" in proc.stdout and "Running stage 'prior" not in proc.stdout
+    assert not (root / "data" / "prior").exists()

@@ -149,6 +149,22 @@ def test_keep_selectable_keeps_every_checkpoint_select_can_pick():
     assert online == kept
 
 
+def test_keep_n_caps_the_checkpoints_and_never_drops_the_one_select_picks():
+    from rpo.config import Validate
+
+    # step 20 is the best at lambda_val 0.5; 50 is the last
+    curve = {10: (0.5, 0.5), 20: (0.9, 0.9), 30: (0.6, 0.6), 40: (0.7, 0.7), 50: (0.55, 0.55)}
+    val = _validation(curve)
+    assert checkpoints.kept_steps(val, Validate(keep=2, lambda_val=0.5)) == {20, 50}
+    assert checkpoints.kept_steps(val, Validate(keep=1, lambda_val=0.5)) == {20}
+    assert checkpoints.kept_steps(val, Validate(keep=3, lambda_val=0.5, early_stopping=False)) == {50, 40, 30}
+    online = set()  # pruned after each validation, as finetune does
+    for n in range(1, len(curve) + 1):
+        online = (online | {list(curve)[n - 1]}) & checkpoints.kept_steps(_validation(dict(list(curve.items())[:n])),
+                                                                          Validate(keep=2, lambda_val=0.5))
+    assert online == {20, 50}
+
+
 @pytest.mark.slow
 def test_lora_run_with_keep_selectable_feeds_select_and_evaluate(project):
     params = P.load(project / "params.yaml", {"train.lora_rank": 4, "validate.keep": "selectable",

@@ -191,7 +191,8 @@ def test_subject_deployment_completes_after_a_kill_and_pushes_every_stage(cluste
     assert len(list((cluster.remote / "runs").glob("*/*/*"))) >= len(STAGES)  # run-cache entries, one per stage
 
     found = artifact(cluster, run_id, "rpo-duck-toy-metrics")
-    metrics = json.loads((ws / "metrics" / f"{BUNDLED}.json").read_text())
+    metrics = {**json.loads((ws / "eval" / BUNDLED / "about.json").read_text()),
+               **json.loads((ws / "metrics" / f"{BUNDLED}.json").read_text())}
     assert table(found)[0] == {k: metrics[k] for k in table(found)[0]} and table(found)[0]["dino"] == metrics["dino"]
     grid = re.search(r"image grid .*?: `[^:]+:([^`]+)`", found.description).group(1)
     assert Path(grid).is_file() and Path(grid).is_relative_to(ws)

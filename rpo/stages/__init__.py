@@ -51,6 +51,10 @@ class StageSpec:
     metrics: tuple[str, ...] = ()
     plots: tuple[tuple[str, str, str], ...] = ()  # (output, x, y)
     models: tuple[str, ...] = ()  # params keys naming the models the stage loads (their folders are deps if local)
+    params_if: object = None  # cfg -> more params keys the stage reads with this config (e.g. a numeric validate.keep)
+
+    def params_for(self, cfg) -> tuple[str, ...]:
+        return self.params + (tuple(self.params_if(cfg)) if self.params_if and cfg is not None else ())
     per_subject: bool = True
 
 
@@ -64,9 +68,9 @@ def spec(name: str) -> StageSpec:
     return module(name).STAGE
 
 
-def reads(name: str, key: str) -> bool:
-    """Does stage `name` declare params key `key` (itself or its section)?"""
-    return any(key == p or key.startswith(p + ".") for p in spec(name).params)
+def reads(name: str, key: str, cfg=None) -> bool:
+    """Does stage `name` declare params key `key` (itself or its section), with config `cfg`?"""
+    return any(key == p or key.startswith(p + ".") for p in spec(name).params_for(cfg))
 
 
 def producer(output: str) -> str | None:
@@ -74,11 +78,11 @@ def producer(output: str) -> str | None:
     return next((s for s in SUBJECT_STAGES if output in spec(s).outs + spec(s).metrics), None)
 
 
-def reached(overrides: dict) -> dict[str, dict]:
+def reached(overrides: dict, cfg=None) -> dict[str, dict]:
     """Per subject stage, the overrides that change its outputs: those it reads and those of the stages it reads from."""
     out: dict[str, dict] = {}
     for name in SUBJECT_STAGES:
-        mine = {k: v for k, v in overrides.items() if reads(name, k)}
+        mine = {k: v for k, v in overrides.items() if reads(name, k, cfg)}
         for dep in spec(name).deps:
             up = producer(dep)
             if up:
@@ -92,10 +96,10 @@ def slug(overrides: dict) -> str:
     return "_".join(f"{k}-{json.dumps(v)}" for k, v in sorted(overrides.items())).replace('"', "")
 
 
-def variant_roots(root: Path, overrides: dict) -> dict[str, Path]:
+def variant_roots(root: Path, overrides: dict, cfg=None) -> dict[str, Path]:
     """Where each stage of an ablation's variant writes: under ablations/<slug> of the overrides that reach it,
     or the main project's own folders when none does (so a variant shares every stage it does not change)."""
-    return {name: Path(root) / ABLATIONS / slug(o) if o else Path(root) for name, o in reached(overrides).items()}
+    return {name: Path(root) / ABLATIONS / slug(o) if o else Path(root) for name, o in reached(overrides, cfg).items()}
 
 
 def run(name: str, ctx) -> Path:
@@ -120,8 +124,9 @@ def record_imports(stage: str, root: Path) -> None:
     if not target:
         return
     root = Path(root).resolve()
-    files = sorted({Path(m.__file__).resolve().relative_to(root).as_posix() for m in list(sys.modules.values())
-                    if getattr(m, "__file__", None) and Path(m.__file__).resolve().is_relative_to(root)})
+    paths = {Path(m.__file__) for m in list(sys.modules.values()) if isinstance(getattr(m, "__file__", None), str)}
+    files = sorted(p.resolve().relative_to(root).as_posix() for p in paths
+                   if p.is_absolute() and p.resolve().is_relative_to(root))
     with open(target, "a") as f:
         f.write(json.dumps({"stage": stage, "files": files}) + "\n")
 
@@ -144,13 +149,17 @@ def checked_context(args):
     cfg = config_from_args(args)
     ctx = context(Path.cwd(), cfg, args.subject)
     if getattr(args, "ablation", False):
-        ctx = ctx.with_paths(A.Paths(ctx.root, ctx.subject.name, variant_roots(ctx.root, overrides_from_args(args))))
+        from rpo.params import load_config
+
+        main = load_config(args.params)  # the project's own config: which stages read what
+        roots = variant_roots(ctx.root, overrides_from_args(args), main)
+        ctx = ctx.with_paths(A.Paths(ctx.root, ctx.subject.name, roots))
     return ctx
 
 
 def cli_stage(args) -> None:
     if spec(args.name).per_subject:
-        if not args.subject:
+        if args.subject is None:
             from rpo.params import ParamsError
 
             raise ParamsError(f"stage {args.name}: --subject is required")

@@ -35,12 +35,3 @@ def run(root: Path, cfg: Config) -> Path:
         for s in subjects:
             A.write_json({"subject": s.name, "class_noun": s.class_noun, "live": s.live}, tmp / f"{s.name}.json")
     return paths.checked_dir
-
-
-def cli(args) -> None:
-    """`rpo check`: what the check stage checks, printed, nothing written."""
-    from rpo.params import config_from_args
-
-    cfg = config_from_args(args)
-    for s in check_all(Path.cwd(), cfg):
-        print(f"{s.name}: {len(s.images)} images, class noun {s.class_noun!r}, {'live' if s.live else 'object'}")

@@ -6,7 +6,10 @@ is selection's key, so changing it re-runs `select` and `evaluate`, never traini
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -20,6 +23,7 @@ from rpo.prompts import instance_prompt, subject_training_prompts
 from rpo.stages import StageSpec
 
 log = logging.getLogger("rpo")
+RESUME = Path(".rpo") / "resume"
 
 STAGE = StageSpec(
     deps=("${paths.subjects}/${item}", "prior_dir", "labels"),
@@ -28,6 +32,8 @@ STAGE = StageSpec(
             "validate.guidance_scale", "validate.keep"),
     outs=("checkpoints", "validation_images", "validation"),
     plots=(("train_log", "step", "loss"),),
+    # a numeric validate.keep prunes all but the checkpoint select would pick: it then reads select's keys
+    params_if=lambda cfg: ("validate.lambda_val", "validate.early_stopping") if isinstance(cfg.validate.keep, int) else (),
     models=("model.base", "reward.model"),
 )
 
@@ -95,9 +101,65 @@ class Validator:
                                  "path": ctx.rel(folder / f"p{pi:02d}_{ii:03d}.png"),
                                  "align_i": float(a), "align_t": float(b)})
         checkpoints.save(unet, ctx.paths.checkpoints / f"step_{step:05d}")
-        if v.keep == "selectable":
-            checkpoints.prune(ctx.paths.checkpoints, checkpoints.selectable_steps(pd.DataFrame(self.records)))
+        if v.keep != "all":
+            checkpoints.prune(ctx.paths.checkpoints, checkpoints.kept_steps(pd.DataFrame(self.records), v))
         log.info("validation step %d: ALIGN-I %.4f, ALIGN-T %.4f", step, float(ai.mean()), float(at.mean()))
+
+
+class Resume:
+    """The state of a run at its last validation, kept outside every DVC output (.rpo/resume/) so that a killed
+    finetune goes on from there when it is run again: the fp32 weights, optimizer, scaler and noise generator,
+    the log and validation records so far, and hard links to the checkpoints and validation images written so far
+    (DVC removes a stage's outputs before it runs it again). Keyed by everything the run depends on, so a change
+    of params, inputs or code starts from step 0; removed when the run completes."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.folder = ctx.root / RESUME / self.key()
+
+    def key(self) -> str:
+        from rpo import params as P
+        from rpo.config import to_dict
+        from rpo.deps import stage_code
+        from rpo.stages import spec
+
+        c, ctx = to_dict(self.ctx.cfg), self.ctx
+        inputs = [ctx.paths.labels, ctx.paths.prior_manifest, *ctx.subject.images, *sorted(ctx.paths.prior_dir.glob("*.png"))]
+        parts = {"params": {k: P.get(c, k) for k in spec("finetune").params}, "device": c["device"],
+                 "inputs": [A.sha256(p) for p in inputs],
+                 "code": [A.sha256(ctx.root / f) for f in stage_code("finetune", ctx.root) if (ctx.root / f).exists()]}
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+    def load(self):
+        """(training state, log rows, validation records) of the last validation, or None: outputs restored."""
+        import torch
+
+        from rpo.train import TrainingState
+
+        if not (self.folder / "state.pt").exists():
+            return None
+        saved = torch.load(self.folder / "state.pt", weights_only=True)
+        _remove_outputs(self.ctx)
+        for name, target in (("checkpoints", self.ctx.paths.checkpoints), ("validation", self.ctx.paths.validation_images)):
+            if (self.folder / name).is_dir():
+                shutil.copytree(self.folder / name, target, copy_function=os.link)
+        log.info("finetune: resuming %s after step %d from %s", self.ctx.subject.name, saved["step"], self.folder)
+        state = TrainingState(saved["step"], saved["weights"], saved["optimizer"], saved["scaler"], saved["generator"])
+        return state, saved["log_rows"], saved["records"]
+
+    def save(self, state, log_rows: list[dict], records: list[dict]) -> None:
+        import torch
+
+        with A.atomic_dir(self.folder) as tmp:
+            torch.save({"step": state.step, "weights": state.weights, "optimizer": state.optimizer,
+                        "scaler": state.scaler, "generator": state.generator, "log_rows": log_rows,
+                        "records": records}, tmp / "state.pt")
+            for name, source in (("checkpoints", self.ctx.paths.checkpoints), ("validation", self.ctx.paths.validation_images)):
+                if source.is_dir():
+                    shutil.copytree(source, tmp / name, copy_function=os.link)
+
+    def done(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def run(ctx) -> Path:
@@ -116,12 +178,22 @@ def run(ctx) -> Path:
     data = pair_data(ctx, pipe, device)
     reward = RewardModel.of(ctx.cfg.reward, ctx.subject.load_images(), ctx.token, device)
     validate = Validator(ctx, pipe, reward, device)
-    _remove_outputs(ctx)
+    resume = Resume(ctx) if ctx.cfg.train.resume else None
+    saved = resume.load() if resume else None
     log_rows: list[dict] = []
+    if saved:
+        state, log_rows, validate.records = saved[0], list(saved[1]), list(saved[2])
+    else:
+        state = None
+        _remove_outputs(ctx)
+    checkpoint = (lambda s: resume.save(s, log_rows, validate.records)) if resume else None
     train(pipe, data, ctx.cfg.train, validate_every=ctx.cfg.validate.every, seed=ctx.cfg.seed, device=device,
           ref_dtype=pick_dtype(ctx.cfg.model.dtype, device, cpu_half=True), on_validate=validate,
-          on_log=log_rows.append)
+          on_log=log_rows.append, resume_from=state, on_checkpoint=checkpoint)
     with A.atomic_file(ctx.paths.train_log) as tmp:
         pd.DataFrame(log_rows).to_csv(tmp, index=False)
     # written last: select reads it, so its presence means every checkpoint it names is complete
-    return A.write_table(validate.records, A.VALIDATION, ctx.paths.validation)
+    out = A.write_table(validate.records, A.VALIDATION, ctx.paths.validation)
+    if resume:
+        resume.done()
+    return out
