@@ -201,6 +201,9 @@ def check(cfg) -> Family | None:
         return None
     if errors:
         raise FamilyError("parameters that do not fit the base model:\n  " + "\n  ".join(errors))
+    if family.pooled and cfg.train.lora_rank == 0:
+        log.warning("train.lora_rank 0 fine-tunes SDXL's whole U-Net (2.6 B weights: about 52 GiB of GPU memory); "
+                    "SDXL is fine-tuned with LoRA (rpo preset paper-sdxl: rank 32)")
     return family
 
 
