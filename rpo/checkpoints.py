@@ -1,8 +1,12 @@
-"""U-Net checkpoints: written at each validation, read back by select and evaluate, pruned by `validate.keep`.
+"""Checkpoints: written at each validation, read back by select and evaluate, pruned by `validate.keep`.
 
 A checkpoint folder holds either a whole U-Net in diffusers' layout, weights in half precision
 (1.7 GB for SD 2.1 instead of 3.5), or only the LoRA weights in diffusers' LoRA format
-(`pipe.load_lora_weights(folder)` reads it too), when training used `train.lora_rank > 0`.
+(`pipe.load_lora_weights(folder)` reads it too), when training used `train.lora_rank > 0`: the
+U-Net's adapters and, with `train.text_encoder_lora`, every text encoder's (`text_encoder.`,
+`text_encoder_2.` keys, as StableDiffusionXLPipeline.save_lora_weights writes them). The same files
+serve SD 1.x/2.x and SDXL; `kohya_state_dict` turns LoRA weights into the single-file format of
+kohya's scripts, which AUTOMATIC1111 and ComfyUI load.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rpo.artifacts import atomic_dir
+from rpo.artifacts import atomic_dir, atomic_file
 
 FULL = "diffusion_pytorch_model.safetensors"
 LORA = "pytorch_lora_weights.safetensors"
@@ -24,14 +28,15 @@ LORA = "pytorch_lora_weights.safetensors"
 LAMBDA_GRID = np.round(np.linspace(0.0, 1.0, 101), 2)
 
 
-def save(unet, out: Path, dtype=None) -> None:
-    """Whole U-Nets in `dtype` (default fp16); LoRA weights in fp32 (they are small)."""
+def save(unet, out: Path, dtype=None, text_encoders: dict | None = None) -> None:
+    """Whole U-Nets in `dtype` (default fp16); LoRA weights in fp32 (they are small), with those of the
+    `text_encoders` (component name -> model) that carry adapters."""
     import torch
 
     dtype = dtype or torch.float16
     with atomic_dir(out) as tmp:
         if getattr(unet, "peft_config", None):
-            _save_lora(unet, tmp)
+            _save_lora(unet, tmp, text_encoders or {})
         else:
             from safetensors.torch import save_file
 
@@ -49,31 +54,23 @@ def drop_origin(config: Path) -> None:
     config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def save_kohya(folder: Path, out: Path) -> Path:
-    """The LoRA weights of checkpoint `folder` as one kohya single-file `.safetensors` (`lora_unet_...` keys
-    with `.alpha`), the format AUTOMATIC1111, ComfyUI and kohya's scripts load.
-
-    Adapters are trained with alpha = rank (rpo.train.add_lora), which is the alpha the converter writes.
-    """
-    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya, convert_unet_state_dict_to_peft
-    from safetensors.torch import load_file, save_file
-
-    saved = load_file(Path(folder) / LORA)  # diffusers' layout: unet.<module>.lora.down/up.weight
-    peft = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in saved.items() if k.startswith("unet.")})
-    state = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft.items()})
-    save_file({k: v.contiguous() for k, v in state.items()}, out, metadata={"format": "pt"})
-    return out
-
-
-def _save_lora(unet, folder: Path) -> None:
-    from diffusers import StableDiffusionPipeline
+def _save_lora(unet, folder: Path, text_encoders: dict) -> None:
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
     import torch
 
-    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
-    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=state, weight_name=LORA)
+    from rpo.family import of_unet
+
+    def adapters(model):
+        state = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+        # transformers 5 flattened CLIPTextModel; LoRA files name its modules as every published one does
+        prefix = "text_model." if hasattr(model, "get_input_embeddings") and not hasattr(model, "text_model") else ""
+        return {prefix + k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+
+    layers = {f"{name}_lora_layers": adapters(model) for name, model in text_encoders.items()
+              if getattr(model, "peft_config", None)}
+    of_unet(unet).pipeline_class().save_lora_weights(folder, unet_lora_layers=adapters(unet), weight_name=LORA,
+                                                     **layers)
 
 
 def is_complete(folder: Path) -> bool:
@@ -96,6 +93,61 @@ def load(folder: Path, base_unet):
 
     unet = UNet2DConditionModel.from_pretrained(folder, dtype=base_unet.dtype, use_safetensors=True)
     return unet.to(base_unet.device)
+
+
+def lora_parts(folder: Path) -> set[str]:
+    """The components a LoRA checkpoint adapts ("unet", "text_encoder", "text_encoder_2"); empty for a whole U-Net."""
+    from safetensors import safe_open
+
+    path = Path(folder) / LORA
+    if not path.exists():
+        return set()
+    with safe_open(path, framework="pt") as f:
+        return {key.split(".")[0] for key in f.keys()}
+
+
+def pipeline(folder: Path, pipe):
+    """The pipeline a checkpoint stands for: `pipe`'s components (left untouched) with the checkpoint's U-Net and,
+    where it trained them, text encoders. LoRA weights go through diffusers' own `load_lora_weights` into copies
+    and are fused, so generation runs at the base model's speed. A `StableDiffusionPipeline` or
+    `StableDiffusionXLPipeline` as `pipe` is; `save_pretrained` writes it as a plain diffusers folder."""
+    folder = Path(folder)
+    parts = sorted(lora_parts(folder))
+    if set(parts) <= {"unet"}:  # a whole U-Net, or LoRA on the U-Net alone
+        model = type(pipe).from_pipe(pipe, unet=load(folder, pipe.unet))
+    else:
+        model = type(pipe).from_pipe(pipe, **{name: copy.deepcopy(getattr(pipe, name)) for name in parts})
+        model.load_lora_weights(folder, weight_name=LORA)
+        model.fuse_lora(components=parts)
+        model.unload_lora_weights()  # drops the adapter layers; the fused weights stay
+    model.set_progress_bar_config(disable=True)
+    return model
+
+
+def kohya_state_dict(folder: Path) -> dict:
+    """A LoRA checkpoint in kohya's single-file layout (`lora_unet_...`, `lora_te1_...`, `lora_te2_...` keys with
+    `lora_down` / `lora_up` weights and an `.alpha` per module), the format AUTOMATIC1111 and ComfyUI load for SD
+    and SDXL, converted by diffusers' own functions as its advanced DreamBooth-LoRA script does."""
+    from diffusers.utils import convert_all_state_dict_to_peft, convert_state_dict_to_kohya
+    from safetensors.torch import load_file
+
+    path = Path(folder) / LORA
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing (a whole U-Net checkpoint has no LoRA weights to convert)")
+    state, peft = load_file(path), {}
+    for part in lora_parts(folder):  # one at a time: diffusers names the U-Net's and the encoders' layers differently
+        peft.update(convert_all_state_dict_to_peft({k: v for k, v in state.items() if k.startswith(f"{part}.")}))
+    return convert_state_dict_to_kohya(peft)
+
+
+def save_kohya(folder: Path, out: Path) -> Path:
+    """kohya_state_dict of `folder`, written to the single .safetensors file `out` (atomically)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in kohya_state_dict(folder).items()}
+    with atomic_file(Path(out)) as tmp:
+        save_file(state, tmp, metadata={"format": "pt"})
+    return Path(out)
 
 
 def copy_folder(source: Path, dest: Path) -> None:

@@ -1,7 +1,8 @@
 """`rpo export`: the fine-tuned subject as a model people use, in diffusers, AUTOMATIC1111 and ComfyUI.
 
-The export is a complete diffusers pipeline folder, the base model's components with the selected
-U-Net (or the base with the LoRA fused in), in half precision by default, that plain
+The export is a complete diffusers pipeline folder (StableDiffusionPipeline or StableDiffusionXLPipeline,
+as the base is), the base model's components with the selected U-Net (or the base with the LoRA of the
+U-Net, and of the text encoders where they trained, fused in), in half precision by default, that plain
 `DiffusionPipeline.from_pretrained(folder)` loads without this project; a model card (README.md)
 says what it is and how to prompt it. A LoRA run also leaves the adapter on its own: diffusers'
 format (`pipe.load_lora_weights(folder / "lora")`) and one kohya single-file `.safetensors`
@@ -112,12 +113,12 @@ def export(ctx, out: Path, dtype: str = "fp16", step: int | None = None, overwri
     base = base_reference(ctx.cfg, ctx.root)
     torch_dtype = getattr(torch, _torch_name(dtype))
     log.info("export %s: step %d on %s, %s -> %s", ctx.subject.name, chosen, base, dtype, out)
-    pipe = load_pipeline(ctx.cfg.model.base, torch.device("cpu"), torch.float32, attention="sdpa")
-    pipe.unet = checkpoints.load(source, pipe.unet)
-    lora = (source / checkpoints.LORA).exists()
+    base_pipe = load_pipeline(ctx.cfg.model.base, torch.device("cpu"), torch.float32, vae=ctx.cfg.model.vae)
+    pipe = checkpoints.pipeline(source, base_pipe)  # SD or SDXL; LoRA (U-Net, text encoders) fused in
+    lora = bool(checkpoints.lora_parts(source))
     with A.atomic_dir(out) as tmp:
         pipe.to(torch_dtype).save_pretrained(tmp, safe_serialization=True)
-        for config in tmp.rglob("config.json"):
+        for config in [*tmp.rglob("config.json"), tmp / "model_index.json"]:
             checkpoints.drop_origin(config)  # no clone's path in a model others load
         if lora:
             (tmp / "lora").mkdir()

@@ -69,6 +69,7 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
             problem = f"must be none or a registered judge ({', '.join(registry.judge_names()) or 'none installed'}), got {value!r}"
         if problem:
             errors.append(f"{key}: {problem}")
+    errors += _combinations(params) if not errors else []
     errors += [f"{k}: unknown key" for k in params if k not in C.SECTIONS and k not in C.SPEC]
     for section, body in params.items():
         if section in C.SECTIONS and isinstance(body, dict):
@@ -78,6 +79,13 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
     if errors:
         raise ParamsError(f"{source}: invalid parameters:\n  " + "\n  ".join(errors))
     return params
+
+
+def _combinations(params: dict) -> list[str]:
+    """Keys that are valid alone but not together (the model family's keys are checked by `rpo check`)."""
+    if get(params, "train.text_encoder_lora") and get(params, "train.lora_rank") == 0:
+        return ["train.text_encoder_lora: needs train.lora_rank > 0 (the text encoders' adapters have that rank)"]
+    return []
 
 
 def apply_overrides(params: dict, overrides: dict | None) -> dict:

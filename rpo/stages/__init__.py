@@ -23,7 +23,7 @@ from rpo import artifacts as A
 log = logging.getLogger("rpo")
 
 SUMMARIES = {
-    "check": "params.yaml and every subject's folder and photos, checked before any model loads",
+    "check": "params.yaml against the base model's family, every subject's folder and photos; no weights load",
     "prior": "the base model's images of the training prompts, and their manifest",
     "score": "the reward model's ALIGN-I and ALIGN-T of the references and the prior images, to Parquet",
     "labels": "preference pairs with Bradley-Terry P(x_ref > x_gen | c) and seeded label draws",

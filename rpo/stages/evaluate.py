@@ -36,7 +36,7 @@ STAGE = StageSpec(
             "validate.lambda_val"),
     outs=("eval_dir",),
     metrics=("metrics",),
-    models=("model.base", "reward.model", "evaluate.dino", "evaluate.clip"),
+    models=("model.base", "model.vae", "reward.model", "evaluate.dino", "evaluate.clip"),
 )
 SCORES = ("dino", "clip_i", "clip_t", "align_i", "align_t")
 CACHE = Path(".rpo") / "cache" / "evaluate"
@@ -84,20 +84,22 @@ def measure(ctx, todo: dict[str, Path]) -> None:
 
     ev, jobs = ctx.cfg.evaluate, jobs_of(ctx)
     device = pick_device(ctx.cfg.device)
-    pipe = stage_pipeline(ctx.cfg.model, device)
-    base_unet = pipe.unet
+    base = stage_pipeline(ctx.cfg.model, device)
     refs = ctx.subject.load_images()
     metric_models = MetricModels(ev, device)
     ref_emb = metric_models.reference(refs)
     reward = RewardModel.of(ctx.cfg.reward, refs, ctx.token, device)
     prompts, texts = [j[2] for j in jobs], [strip_token(j[2], ctx.token) for j in jobs]
-    prompt_cache = PromptCache(pipe, device)  # one text encoding per prompt for both models
+    selected = ctx.paths.selected / "unet"
+    # one text encoding per prompt for both models, unless the checkpoint trained text-encoder adapters too
+    shared_cache = PromptCache(base, device)
     judge = registry.judge(ev.judges, ctx.subject.name, ctx.token)
     for which, entry in todo.items():
-        pipe.unet = checkpoints.load(ctx.paths.selected / "unet", base_unet) if which == "selected" else base_unet
+        pipe = checkpoints.pipeline(selected, base) if which == "selected" else base
+        own_text = which == "selected" and checkpoints.lora_parts(selected) - {"unet"}
         images = generate_jobs(pipe, jobs, steps=ev.num_inference_steps, guidance=ev.guidance_scale,
                                resolution=ctx.resolution, batch_size=ev.batch_size, desc=f"evaluate {which}",
-                               cache=prompt_cache)
+                               cache=PromptCache(pipe, device) if own_text else shared_cache)
         m = metric_models.score(images, texts, ref_emb)
         ai, at = reward.score(images, prompts)
         with A.atomic_dir(entry) as tmp:

@@ -18,7 +18,7 @@ import pandas as pd
 
 from rpo import artifacts as A
 from rpo import checkpoints
-from rpo.images import center_square, load_rgb
+from rpo.images import center_crop_top_left, center_square, load_rgb
 from rpo.prompts import instance_prompt, subject_training_prompts
 from rpo.stages import StageSpec
 
@@ -34,13 +34,13 @@ STAGE = StageSpec(
     plots=(("train_log", "step", "loss"),),
     # a numeric validate.keep prunes all but the checkpoint select would pick: it then reads select's keys
     params_if=lambda cfg: ("validate.lambda_val", "validate.early_stopping") if isinstance(cfg.validate.keep, int) else (),
-    models=("model.base", "reward.model"),
+    models=("model.base", "model.vae", "reward.model"),
 )
 
 
 def pair_data(ctx, pipe, device):
-    """The labelled pairs as the training loop samples them: latents and text embeddings computed once."""
-    from rpo.train import PairData, encode_images, encode_prompts
+    """The labelled pairs as the training loop samples them: latents and text conditioning computed once."""
+    from rpo.train import PairData, encode_images
 
     table = A.read_table(ctx.paths.labels, A.LABELS).to_pandas()
     manifest = A.read_table(ctx.paths.prior_manifest, A.PRIOR_MANIFEST).to_pandas()
@@ -51,17 +51,47 @@ def pair_data(ctx, pipe, device):
     if missing:
         raise A.ArtifactError(f"{ctx.paths.labels}: pairs name images that are not inputs: {missing[:3]}")
     y = table.pivot(index="draw", columns="pair_id", values="y").sort_index()[pairs["pair_id"]].to_numpy()
-    ref_images = [center_square(im, ctx.resolution) for im in ctx.subject.load_images()]
-    gen_images = [center_square(load_rgb(ctx.root / p), ctx.resolution) for p in gens]
+    ref_photos = ctx.subject.load_images()
+    gen_photos = [load_rgb(ctx.root / p) for p in gens]
     return PairData(
-        ref_latents=encode_images(pipe.vae, ref_images, device),
-        gen_latents=encode_images(pipe.vae, gen_images, device),
-        inst_embeds=encode_prompts(pipe, [instance_prompt(ctx.token, ctx.subject.class_noun)], device),
-        prompt_embeds=encode_prompts(pipe, subject_training_prompts(ctx), device),
+        ref_latents=encode_images(pipe.vae, [center_square(im, ctx.resolution) for im in ref_photos], device),
+        gen_latents=encode_images(pipe.vae, [center_square(im, ctx.resolution) for im in gen_photos], device),
         ref_index=np.array([refs.index(r) for r in pairs["ref_image"]]),
         gen_index=np.array([gens.index(g) for g in pairs["gen_image"]]),
         prompt_index=pairs["prompt_index"].to_numpy(), p=pairs["p"].to_numpy(), labels=y,
+        **text_conditioning(ctx, pipe, device), **time_ids(ctx, pipe, ref_photos, gen_photos),
     )
+
+
+def text_conditioning(ctx, pipe, device) -> dict:
+    """PairData's text fields: c_inst and the training prompts encoded once (SDXL: pooled too), and their texts."""
+    from rpo.train import encode_conditioning
+
+    inst, prompts = instance_prompt(ctx.token, ctx.subject.class_noun), subject_training_prompts(ctx)
+    c_inst, c_prompts = encode_conditioning(pipe, [inst], device), encode_conditioning(pipe, prompts, device)
+    return {"inst_embeds": c_inst["embeds"], "prompt_embeds": c_prompts["embeds"], "inst_pooled": c_inst.get("pooled"),
+            "prompt_pooled": c_prompts.get("pooled"), "inst_text": inst, "prompt_texts": tuple(prompts)}
+
+
+def time_ids(ctx, pipe, ref_photos, gen_photos) -> dict:
+    """SDXL's size conditioning of every training image, as diffusers' SDXL DreamBooth script computes it:
+    the photo's own size, where the centre crop of its resized copy starts, the training resolution
+    (`train.time_ids: resolution`: all (res, res), crop (0, 0), as the official train_sdxl.py); SD: none."""
+    import torch
+
+    from rpo import family
+
+    if not family.of(pipe).pooled:
+        return {}
+    res = ctx.resolution
+
+    def ids(im):
+        if ctx.cfg.train.time_ids == "resolution":
+            return family.time_ids((res, res), (0, 0), (res, res))
+        return family.time_ids((im.height, im.width), center_crop_top_left(im.size, res), (res, res))
+
+    return {"ref_time_ids": torch.tensor([ids(im) for im in ref_photos], dtype=torch.float32),
+            "gen_time_ids": torch.tensor([ids(im) for im in gen_photos], dtype=torch.float32)}
 
 
 def _remove_outputs(ctx) -> None:
@@ -81,13 +111,17 @@ class Validator:
         self.ctx, self.pipe, self.reward = ctx, pipe, reward
         v = ctx.cfg.validate
         self.jobs = seeded_jobs(subject_training_prompts(ctx), v.images_per_prompt, ctx.cfg.seed + 1)
+        self.device = device
         self.prompt_cache = PromptCache(pipe, device)  # validation prompts are fixed: encode them once per run
         self.records: list[dict] = []
 
     def __call__(self, step: int, unet) -> None:
-        from rpo.generate import generate_jobs
+        from rpo.family import of
+        from rpo.generate import PromptCache, generate_jobs
 
         ctx, v = self.ctx, self.ctx.cfg.validate
+        if ctx.cfg.train.text_encoder_lora:  # the encoders learn: their embeddings of the prompts change every step
+            self.prompt_cache = PromptCache(self.pipe, self.device)
         images = generate_jobs(self.pipe, self.jobs, steps=v.num_inference_steps, guidance=v.guidance_scale,
                                resolution=ctx.resolution, batch_size=ctx.cfg.prior.batch_size,
                                desc=f"validate@{step}", cache=self.prompt_cache)
@@ -100,7 +134,8 @@ class Validator:
             self.records.append({"step": step, "prompt_index": pi, "prompt": prompt, "image_index": ii, "seed": seed,
                                  "path": ctx.rel(folder / f"p{pi:02d}_{ii:03d}.png"),
                                  "align_i": float(a), "align_t": float(b)})
-        checkpoints.save(unet, ctx.paths.checkpoints / f"step_{step:05d}")
+        checkpoints.save(unet, ctx.paths.checkpoints / f"step_{step:05d}",
+                         text_encoders=of(self.pipe).encoders(self.pipe))
         if v.keep != "all":
             checkpoints.prune(ctx.paths.checkpoints, checkpoints.kept_steps(pd.DataFrame(self.records), v))
         log.info("validation step %d: ALIGN-I %.4f, ALIGN-T %.4f", step, float(ai.mean()), float(at.mean()))

@@ -15,7 +15,7 @@ STAGE = StageSpec(
     deps=("checked",),
     params=("seed", "unique_token", "model", "prior"),
     outs=("prior_dir",),
-    models=("model.base",),
+    models=("model.base", "model.vae"),
 )
 
 
