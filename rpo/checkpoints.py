@@ -28,6 +28,8 @@ def save(unet, out: Path, dtype=None) -> None:
     """Whole U-Nets in `dtype` (default fp16); LoRA weights in fp32 (they are small)."""
     import torch
 
+    from rpo.xla import to_host  # an XLA model's weights come to the host in one transfer
+
     dtype = dtype or torch.float16
     with atomic_dir(out) as tmp:
         if getattr(unet, "peft_config", None):
@@ -37,7 +39,7 @@ def save(unet, out: Path, dtype=None) -> None:
 
             unet.save_config(tmp)
             _drop_origin(tmp / "config.json")
-            state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in unet.state_dict().items()}
+            state = {k: v.to(dtype).contiguous() for k, v in to_host(unet.state_dict(), unet.device).items()}
             save_file(state, tmp / FULL)
 
 
@@ -55,8 +57,10 @@ def _save_lora(unet, folder: Path) -> None:
     from peft.utils import get_peft_model_state_dict
     import torch
 
+    from rpo.xla import to_host
+
     state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+    state = {k: v.to(torch.float32).contiguous() for k, v in to_host(state, unet.device).items()}
     StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=state, weight_name=LORA)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rpo import generate
+from rpo import generate, xla
 from rpo.config import Train
 from rpo.device import pick_dtype
 from rpo.loss import per_sample_error, rpo_loss
@@ -217,6 +217,12 @@ def train(pipe, data: PairData, cfg: Train, *, validate_every: int, seed: int, d
              f"LoRA rank {cfg.lora_rank}" if cfg.lora_rank else "full U-Net", sum(p.numel() for p in params),
              sorted(checks))
     bar = tqdm(range(1, cfg.max_steps + 1), desc="finetune", unit="step")
+
+    def log_row(row: dict) -> None:
+        on_log(row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", l_pref=f"{row['l_pref']:.4f}", delta=f"{row['delta_abs']:.2e}")
+
+    steps = xla.StepLog(device, log_row)  # every step's row; read from the device every few steps on XLA
     for step in bar:
         unet.train()
         idx, draw = data.batch_indices(step - 1, cfg.batch_size, seed)
@@ -229,13 +235,14 @@ def train(pipe, data: PairData, cfg: Train, *, validate_every: int, seed: int, d
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         scaler.step(opt)
         scaler.update()
-        row = {"step": step, **{k: float(v.detach()) for k, v in out.items()}, "grad_norm": float(grad_norm)}
-        on_log(row)
-        bar.set_postfix(loss=f"{row['loss']:.4f}", l_pref=f"{row['l_pref']:.4f}", delta=f"{row['delta_abs']:.2e}")
+        xla.mark_step(device)  # one graph per step on XLA: forward, backward and update
+        steps.add(step, {**out, "grad_norm": grad_norm})
         if step in checks:
+            steps.flush()
             unet.eval()
             with _autocast(ref_dtype, device)():
                 on_validate(step, unet)
+    steps.flush()
 
 
 def training_scheduler(pipe):
