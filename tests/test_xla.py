@@ -24,7 +24,7 @@ from conftest import FAST, copy_project, run_stages  # noqa: E402
 
 pytestmark = pytest.mark.slow
 SUBJECT = FAST["subjects"][0]
-EXACT = {"model.dtype": "fp32", "train.mixed_precision": "fp32"}  # the same arithmetic on both sides
+EXACT = {"model.dtype": "fp32", "train.mixed_precision": "fp32", "evaluate.base_images": False}  # same arithmetic
 MODEL_STAGES = ("prior", "score", "finetune", "evaluate")
 # ops torch_xla 2.9 runs on the host here: transformers' text towers read their padding mask
 # (_local_scalar_dense), and the U-Net's upsampling backward is lowered for TPUs only
@@ -103,7 +103,7 @@ def test_finetune_on_xla_gives_the_cpu_losses_and_weights(cpu_run, xla_run):
 
 def test_evaluation_on_xla_gives_the_cpu_metrics(cpu_run, xla_run):
     a, b = (json.loads((r / "metrics" / f"{SUBJECT}.json").read_text()) for r in (cpu_run, xla_run))
-    for k in ("dino", "clip_i", "clip_t", "reward", "base_dino", "base_clip_t"):
+    for k in ("dino", "clip_i", "clip_t", "reward"):
         assert b[k] == pytest.approx(a[k], abs=1e-4), k
 
 
