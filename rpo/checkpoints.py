@@ -33,6 +33,8 @@ def save(unet, out: Path, dtype=None, text_encoders: dict | None = None) -> None
     `text_encoders` (component name -> model) that carry adapters."""
     import torch
 
+    from rpo.xla import to_host  # an XLA model's weights come to the host in one transfer
+
     dtype = dtype or torch.float16
     with atomic_dir(out) as tmp:
         if getattr(unet, "peft_config", None):
@@ -42,7 +44,7 @@ def save(unet, out: Path, dtype=None, text_encoders: dict | None = None) -> None
 
             unet.save_config(tmp)
             drop_origin(tmp / "config.json")
-            state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in unet.state_dict().items()}
+            state = {k: v.to(dtype).contiguous() for k, v in to_host(unet.state_dict(), unet.device).items()}
             save_file(state, tmp / FULL)
 
 
@@ -60,12 +62,13 @@ def _save_lora(unet, folder: Path, text_encoders: dict) -> None:
     import torch
 
     from rpo.family import of_unet
+    from rpo.xla import to_host
 
     def adapters(model):
         state = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
         # transformers 5 flattened CLIPTextModel; LoRA files name its modules as every published one does
         prefix = "text_model." if hasattr(model, "get_input_embeddings") and not hasattr(model, "text_model") else ""
-        return {prefix + k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+        return {prefix + k: v.to(torch.float32).contiguous() for k, v in to_host(state, model.device).items()}
 
     layers = {f"{name}_lora_layers": adapters(model) for name, model in text_encoders.items()
               if getattr(model, "peft_config", None)}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm
 
-from rpo import family
+from rpo import family, xla
 from rpo.device import pick_dtype
 from rpo.registry import model_path
 
@@ -133,13 +133,14 @@ def generate(pipe, prompts: list[str], seeds: list[int], *, steps: int, guidance
     cache = cache or PromptCache(pipe, pipe.device)
     images = []
     bar = tqdm(total=len(prompts), desc=desc, unit="img", leave=False)
-    for start in range(0, len(prompts), batch_size):
-        chunk_p, chunk_s = prompts[start : start + batch_size], seeds[start : start + batch_size]
+    # on XLA every call of one `generate` has the same batch (graphs compile once): see rpo.xla.batches
+    for chunk, n in xla.batches(list(zip(prompts, seeds)), batch_size, pipe.device):
+        chunk_p, chunk_s = [p for p, _ in chunk], [s for _, s in chunk]
         generators = [torch.Generator("cpu").manual_seed(s) for s in chunk_s]
         text = family.of(pipe).call_inputs(cache.conditioning(chunk_p), cache.unconditional(len(chunk_p)))
         out = pipe(**text, generator=generators, num_inference_steps=steps, guidance_scale=guidance,
                    height=resolution, width=resolution, output_type="pil")
-        images.extend(out.images)
-        bar.update(len(chunk_p))
+        images.extend(out.images[:n])
+        bar.update(n)
     bar.close()
     return images

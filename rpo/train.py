@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rpo import family, generate
+from rpo import family, generate, xla
 from rpo.config import Train
 from rpo.device import pick_dtype
 from rpo.loss import per_sample_error, rpo_loss
@@ -337,6 +337,12 @@ def train(pipe, data: PairData, cfg: Train, *, validate_every: int, seed: int, d
              else "full U-Net", sum(p.numel() for p in params),
              sorted(checks), f"; resuming after step {start}" if start else "")
     bar = tqdm(range(start + 1, cfg.max_steps + 1), desc="finetune", unit="step", initial=start, total=cfg.max_steps)
+
+    def log_row(row: dict) -> None:
+        on_log(row)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", l_pref=f"{row['l_pref']:.4f}", delta=f"{row['delta_abs']:.2e}")
+
+    steps = xla.StepLog(device, log_row)  # every step's row; read from the device every few steps on XLA
     for step in bar:
         unet.train()
         idx, draw = data.batch_indices(step - 1, cfg.batch_size, seed)
@@ -353,16 +359,18 @@ def train(pipe, data: PairData, cfg: Train, *, validate_every: int, seed: int, d
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         scaler.step(opt)
         scaler.update()
-        row = {"step": step, **{k: float(v.detach()) for k, v in out.items()}, "grad_norm": float(grad_norm)}
-        on_log(row)
-        bar.set_postfix(loss=f"{row['loss']:.4f}", l_pref=f"{row['l_pref']:.4f}", delta=f"{row['delta_abs']:.2e}")
+        xla.mark_step(device)  # one graph per step on XLA: forward, backward and update
+        steps.add(step, {**out, "grad_norm": grad_norm})
         if step in checks:
+            steps.flush()
             unet.eval()
             with _autocast(ref_dtype, device)():
                 on_validate(step, unet)
             if on_checkpoint is not None and step < cfg.max_steps:
-                on_checkpoint(TrainingState(step, {n: p.detach().float().cpu().clone() for n, p in named.items()},
+                weights = xla.to_host({n: p.detach() for n, p in named.items()}, device)
+                on_checkpoint(TrainingState(step, {n: w.float().clone() for n, w in weights.items()},
                                             opt.state_dict(), scaler.state_dict(), generator.get_state()))
+    steps.flush()
 
 
 def _restore(state: TrainingState, named: dict, opt, scaler, generator) -> int:
