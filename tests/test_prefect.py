@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.slow, needs_dreambench]
 
 STAGES = SUBJECT_STAGES[1:]  # per subject; `check` runs first, for the run's subjects
 BUNDLED = "duck_toy"  # the DreamBench subject bundled with the project
-BATCH = [BUNDLED, "cat", "dog6"]  # cat, dog6: DreamBench subjects with few, small photos
+BATCH = [BUNDLED, "cat"]  # cat: a DreamBench subject with few, small photos; the bundled one is restored
 BROKEN = "broken_toy"  # a copy of the bundled subject with one photo that is not an image
 OVERRIDES = {"train.max_steps": 6}  # six steps: time to kill a worker in the middle of training
 
