@@ -1,8 +1,16 @@
-"""U-Net checkpoints: written at each validation, read back by select and evaluate, pruned by `validate.keep`.
+"""Checkpoints: written at each validation, read back by select, evaluate, sample and export, pruned by `validate.keep`.
 
-A checkpoint folder holds either a whole U-Net in diffusers' layout, weights in half precision
-(1.7 GB for SD 2.1 instead of 3.5), or only the LoRA weights in diffusers' LoRA format
-(`pipe.load_lora_weights(folder)` reads it too), when training used `train.lora_rank > 0`.
+A checkpoint folder holds what its method trained, in diffusers' formats:
+- a whole U-Net in diffusers' layout, weights in half precision (1.7 GB for SD 2.1 instead of 3.5): rpo, dreambooth;
+- or only LoRA weights in diffusers' LoRA format (`pipe.load_lora_weights(folder)` reads it too), when training
+  used `train.lora_rank > 0`;
+- or only the cross-attention key and value projections in Custom Diffusion's format
+  (`pytorch_custom_diffusion_weights.safetensors`, `pipe.unet.load_attn_procs(folder, weight_name=...)`);
+- and, for textual_inversion (no U-Net at all) and custom_diffusion, the learned token's embedding
+  (`learned_embeds.safetensors`, rpo.embeddings; `pipe.load_textual_inversion(folder, weight_name=...)`).
+
+`load(folder, base_unet)` gives the U-Net a checkpoint stands for, `load_text(folder, tokenizer, text_encoder)`
+the tokenizer and text encoder (with the learned token, if it has one).
 """
 
 from __future__ import annotations
@@ -17,20 +25,29 @@ import numpy as np
 import pandas as pd
 
 from rpo.artifacts import atomic_dir
+from rpo.embeddings import EMBEDS
 
 FULL = "diffusion_pytorch_model.safetensors"
 LORA = "pytorch_lora_weights.safetensors"
+CUSTOM = "pytorch_custom_diffusion_weights.safetensors"
+CUSTOM_KEY = ".processor.{}_custom_diffusion.weight"  # diffusers' CustomDiffusionAttnProcessor: attn2.to_k -> ...
 # validate.keep=selectable keeps what select can pick for any lambda_val on this grid
 LAMBDA_GRID = np.round(np.linspace(0.0, 1.0, 101), 2)
 
 
-def save(unet, out: Path, dtype=None) -> None:
-    """Whole U-Nets in `dtype` (default fp16); LoRA weights in fp32 (they are small)."""
+def save(unet, out: Path, dtype=None, *, method: str = "rpo", text=None) -> None:
+    """What `method` trained. Whole U-Nets in `dtype` (default fp16); LoRA weights, Custom Diffusion's k/v and
+    token embeddings in fp32 (they are small); textual_inversion: no U-Net. `text`: (tokenizer, text_encoder)
+    whose added tokens' embeddings are saved too."""
     import torch
 
     dtype = dtype or torch.float16
     with atomic_dir(out) as tmp:
-        if getattr(unet, "peft_config", None):
+        if method == "custom_diffusion":
+            _save_custom_diffusion(unet, tmp)
+        elif method == "textual_inversion":
+            pass  # the U-Net is the base model's
+        elif getattr(unet, "peft_config", None):
             _save_lora(unet, tmp)
         else:
             from safetensors.torch import save_file
@@ -39,6 +56,24 @@ def save(unet, out: Path, dtype=None) -> None:
             drop_origin(tmp / "config.json")
             state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in unet.state_dict().items()}
             save_file(state, tmp / FULL)
+        if text is not None:
+            from rpo import embeddings
+
+            embeddings.save(*text, tmp)
+
+
+def _save_custom_diffusion(unet, folder: Path) -> None:
+    """attn2.to_k / to_v of every cross-attention layer, keyed as diffusers' save_attn_procs keys them."""
+    import torch
+    from safetensors.torch import save_file
+
+    state = {}
+    for name, p in unet.named_parameters():
+        for proj in ("to_k", "to_v"):
+            if name.endswith(f".attn2.{proj}.weight"):
+                layer = name[: -len(f".{proj}.weight")]
+                state[layer + CUSTOM_KEY.format(proj)] = p.detach().to("cpu", torch.float32).contiguous()
+    save_file(state, folder / CUSTOM, metadata={"format": "pt"})
 
 
 def drop_origin(config: Path) -> None:
@@ -77,15 +112,20 @@ def _save_lora(unet, folder: Path) -> None:
 
 
 def is_complete(folder: Path) -> bool:
-    return (Path(folder) / FULL).exists() or (Path(folder) / LORA).exists()
+    return any((Path(folder) / f).exists() for f in (FULL, LORA, CUSTOM, EMBEDS))
 
 
 def load(folder: Path, base_unet):
     """The U-Net a checkpoint stands for, on base_unet's device and dtype.
 
-    LoRA weights are fused into a copy of `base_unet`, so generation runs at the base model's speed.
+    LoRA weights are fused into a copy of `base_unet`, so generation runs at the base model's speed; Custom
+    Diffusion's k/v replace those of a copy; a Textual Inversion checkpoint is `base_unet` itself.
     """
     folder = Path(folder)
+    if (folder / CUSTOM).exists():
+        return _load_custom_diffusion(folder / CUSTOM, base_unet)
+    if not (folder / FULL).exists() and not (folder / LORA).exists() and (folder / EMBEDS).exists():
+        return base_unet
     if (folder / LORA).exists():
         unet = copy.deepcopy(base_unet)
         unet.load_lora_adapter(folder, prefix="unet", weight_name=LORA)
@@ -96,6 +136,32 @@ def load(folder: Path, base_unet):
 
     unet = UNet2DConditionModel.from_pretrained(folder, dtype=base_unet.dtype, use_safetensors=True)
     return unet.to(base_unet.device)
+
+
+def _load_custom_diffusion(path: Path, base_unet):
+    import torch
+    from safetensors.torch import load_file
+
+    unet = copy.deepcopy(base_unet)
+    params = dict(unet.named_parameters())
+    state = load_file(path)
+    with torch.no_grad():
+        for key, value in state.items():
+            layer, proj = key.split(".processor.")[0], key.split(".processor.")[1].split("_custom_diffusion")[0]
+            target = params.get(f"{layer}.{proj}.weight")
+            if target is None or target.shape != value.shape:
+                raise ValueError(f"{path}: {key} does not fit the base U-Net")
+            target.copy_(value.to(target.device, target.dtype))
+    return unet
+
+
+def load_text(folder: Path, tokenizer, text_encoder):
+    """(tokenizer, text_encoder) a checkpoint stands for: the given ones, or copies with its learned token added."""
+    if not (Path(folder) / EMBEDS).exists():
+        return tokenizer, text_encoder
+    from rpo import embeddings
+
+    return embeddings.load(folder, tokenizer, text_encoder)
 
 
 def copy_folder(source: Path, dest: Path) -> None:

@@ -75,9 +75,20 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
             errors += [f"{section}.{k}: unknown key" for k in body if f"{section}.{k}" not in C.SPEC]
         elif section in C.SECTIONS:
             errors.append(f"{section}: must be a mapping of keys, got {body!r}")
+    if not errors:
+        errors += _conflicts(params)
     if errors:
         raise ParamsError(f"{source}: invalid parameters:\n  " + "\n  ".join(errors))
     return params
+
+
+def _conflicts(params: dict) -> list[str]:
+    """Keys valid alone but not together."""
+    method = get(params, "train.method")
+    if method in C.TOKEN_METHODS and get(params, "train.lora_rank") > 0:
+        return [f"train.lora_rank: must be 0 with train.method {method} (it trains no LoRA adapters), "
+                f"got {get(params, 'train.lora_rank')}"]
+    return []
 
 
 def apply_overrides(params: dict, overrides: dict | None) -> dict:

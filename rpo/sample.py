@@ -47,7 +47,8 @@ def check_request(n: int, steps: int, guidance: float, batch_size: int) -> None:
 
 
 def pipeline_for(ctx, step: int | None, model: Path | None):
-    """The fine-tuned pipeline: an exported folder, or the base model with the selected (or a step's) U-Net."""
+    """The fine-tuned pipeline: an exported folder, or the base model with the selected (or a step's) checkpoint:
+    its U-Net, and its learned token (Textual Inversion, Custom Diffusion)."""
     import torch
 
     from rpo import checkpoints
@@ -63,6 +64,7 @@ def pipeline_for(ctx, step: int | None, model: Path | None):
     device = pick_device(ctx.cfg.device)
     pipe = stage_pipeline(ctx.cfg.model, device, unet_dtype=torch.float32 if device.type == "cpu" else None)
     pipe.unet = checkpoints.load(source, pipe.unet)
+    pipe.tokenizer, pipe.text_encoder = checkpoints.load_text(source, pipe.tokenizer, pipe.text_encoder)
     return pipe
 
 

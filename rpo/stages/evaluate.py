@@ -33,7 +33,7 @@ log = logging.getLogger("rpo")
 STAGE = StageSpec(
     deps=("${paths.subjects}/${item}", "selected", "selection"),
     params=("seed", "unique_token", "model", "reward.backend", "reward.model", "reward.batch_size", "evaluate",
-            "validate.lambda_val"),
+            "validate.lambda_val", "train.method"),  # train.method: what about.json says the model is
     outs=("eval_dir",),
     metrics=("metrics",),
     models=("model.base", "reward.model", "evaluate.dino", "evaluate.clip"),
@@ -91,13 +91,17 @@ def measure(ctx, todo: dict[str, Path]) -> None:
     ref_emb = metric_models.reference(refs)
     reward = RewardModel.of(ctx.cfg.reward, refs, ctx.token, device)
     prompts, texts = [j[2] for j in jobs], [strip_token(j[2], ctx.token) for j in jobs]
-    prompt_cache = PromptCache(pipe, device)  # one text encoding per prompt for both models
+    base_text = (pipe.tokenizer, pipe.text_encoder)
+    prompt_cache = PromptCache(pipe, device)  # one text encoding per prompt for both models (same text encoder)
     judge = registry.judge(ev.judges, ctx.subject.name, ctx.token)
     for which, entry in todo.items():
-        pipe.unet = checkpoints.load(ctx.paths.selected / "unet", base_unet) if which == "selected" else base_unet
+        folder = ctx.paths.selected / "unet"
+        pipe.unet = checkpoints.load(folder, base_unet) if which == "selected" else base_unet
+        pipe.tokenizer, pipe.text_encoder = checkpoints.load_text(folder, *base_text) if which == "selected" else base_text
+        cache = prompt_cache if pipe.text_encoder is base_text[1] else PromptCache(pipe, device)  # a learned token
         images = generate_jobs(pipe, jobs, steps=ev.num_inference_steps, guidance=ev.guidance_scale,
                                resolution=ctx.resolution, batch_size=ev.batch_size, desc=f"evaluate {which}",
-                               cache=prompt_cache)
+                               cache=cache)
         m = metric_models.score(images, texts, ref_emb)
         ai, at = reward.score(images, prompts)
         with A.atomic_dir(entry) as tmp:
@@ -169,5 +173,5 @@ def run(ctx) -> Path:
 def about(ctx, selection: dict, metric_description: dict) -> dict:
     """What the numbers are of: the subject, the selection rule, the models and the preprocessing."""
     return {"subject": ctx.subject.name, "class_noun": ctx.subject.class_noun, "live": ctx.subject.live,
-            "early_stopping": selection["early_stopping"],
+            "early_stopping": selection["early_stopping"], "method": ctx.cfg.train.method,
             "models": {"base_model": ctx.cfg.model.base, "reward_model": ctx.cfg.reward.model, **metric_description}}
