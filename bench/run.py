@@ -7,6 +7,7 @@ stage (after one warm-up, ours first), at the paper's counts or a stated fractio
     python -m bench.run --threads 1 --naive-fraction 0.25          # CPU, tiny models
     python -m bench.run --device cuda --arch sd21 --naive-fraction 0.1   # SD 2.1's architecture, 512 px
     python -m bench.run --arch sd21 --divisor 8 --resolution 64 --fraction 0.1   # the GPU path, shrunk for a CPU
+    python -m bench.run --device cuda --arch sdxl --fraction 0.1   # SDXL base 1.0's architecture, 1024 px, LoRA
 """
 
 from __future__ import annotations
@@ -25,16 +26,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 N_TRAIN_PROMPTS, N_EVAL_PROMPTS = 8, 25
 UNIT = {"prior": "img", "score": "img", "labels": "pair", "finetune": "step", "select": "run", "evaluate": "img"}
-PAPER_COUNTS = ("8 prompts x 4 prior images, 400 steps, validation every 40 steps with 8 x 4 images, "
-                "25 x 4 evaluation images, 50 sampling steps")
+PRESET = {"tiny": "tiny", "sd21": "paper", "sdxl": "paper-sdxl"}  # the settings each architecture runs with
+EVERY = {"tiny": 40, "sd21": 40, "sdxl": 100}  # validation interval: ten validations at full counts
+ARCH = {"tiny": "tiny models", "sd21": "SD 2.1 architecture", "sdxl": "SDXL base 1.0 architecture"}
 
 
-def counts(fraction: float) -> dict:
+def paper_counts(every: int) -> str:
+    return (f"8 prompts x 4 prior images, {10 * every} steps, validation every {every} steps with 8 x 4 images, "
+            "25 x 4 evaluation images, 50 sampling steps")
+
+
+def counts(fraction: float, every: int = 40) -> dict:
     """The paper's counts scaled by `fraction`: image counts and validations shrink, per-call shapes stay."""
     per_prompt, validations = max(1, round(4 * fraction)), max(1, round(10 * fraction))
     return {
         "prior.images_per_prompt": per_prompt, "prior.num_inference_steps": 50,
-        "train.max_steps": 40 * validations, "validate.every": 40,
+        "train.max_steps": every * validations, "validate.every": every,
         "validate.images_per_prompt": 4, "validate.num_inference_steps": 50,
         "evaluate.images_per_prompt": per_prompt, "evaluate.num_inference_steps": 50,
         "evaluate.base_images": False,  # the official code draws no base images
@@ -52,10 +59,11 @@ def bench_config(args, models: dict, fraction: float):
     from rpo import params as P
     from rpo import presets
 
-    overrides = {**presets.load("paper" if args.arch == "sd21" else "tiny"), **counts(fraction),
+    overrides = {**presets.load(PRESET[args.arch]), **counts(fraction, EVERY[args.arch]),
                  "subjects": [args.subject], "device": args.device, "model.resolution": args.resolution}
-    if args.arch == "sd21":
-        overrides.update({"model.base": models["base"], "reward.backend": "transformers", "reward.model": models["clip"],
+    if args.arch != "tiny":  # the built pipeline's own VAE: the fp16-fix VAE of paper-sdxl has the same architecture
+        overrides.update({"model.base": models["base"], "model.vae": "base", "reward.backend": "transformers",
+                          "reward.model": models["clip"],
                           "evaluate.dino": models["dino"], "evaluate.clip": models["clip"],
                           "evaluate.clip_backend": "transformers"})
     overrides.update(P.parse_override(o) for o in args.set or [])
@@ -68,6 +76,8 @@ def workspace(root: Path, subject: str, cfg):
 
     shutil.copytree(REPO / "data" / "subjects" / subject, root / "data" / "subjects" / subject)
     (root / ".dvc").mkdir()  # a project: temporaries of atomic writes go to its .rpo/tmp
+    for code in ("pyproject.toml", "rpo", "world"):  # evaluate keys its cache on the code it runs (rpo.deps)
+        (root / code).symlink_to(REPO / code)
     return context(root, cfg, subject)
 
 
@@ -137,10 +147,10 @@ def run(args) -> dict:
     from bench import naive
 
     device = pick_device(args.device)
-    if args.arch == "sd21":
+    if args.arch != "tiny":
         from bench.models import build
 
-        models = build(args.divisor, "cuda" if device.type == "cuda" else "cpu")
+        models = build(args.divisor, "cuda" if device.type == "cuda" else "cpu", args.arch)
     else:
         from rpo import tiny
 
@@ -174,13 +184,16 @@ def run(args) -> dict:
 
 def table(result: dict) -> str:
     narrowed = "" if result["divisor"] == 1 else f", every width / {result['divisor']}"
-    arch = "tiny models" if result["arch"] == "tiny" else f"SD 2.1 architecture, random weights{narrowed}"
+    naive = any("naive" in row for row in result["rows"])
+    arch = ARCH[result["arch"]] + ("" if result["arch"] == "tiny" else f", random weights{narrowed}")
     lines = [
         f"RPO benchmark: {arch}, {result['resolution']} px, subject {result['subject']} ({result['n_refs']} references)",
         f"machine: {result['machine']}, torch {result['torch']}",
-        f"paper counts: {PAPER_COUNTS}",
-        f"ours ran at fraction {result['fraction']:g}, naive at {result['naive_fraction']:g} of them; "
-        "seconds are extrapolated linearly to the paper's counts",
+        f"paper counts: {paper_counts(EVERY[result['arch']])}"
+        + (" (preset paper-sdxl)" if result["arch"] == "sdxl" else ""),
+        f"ours ran at fraction {result['fraction']:g}, "
+        + (f"naive at {result['naive_fraction']:g} of them; " if naive else "naive not run; ")
+        + "seconds are extrapolated linearly to the paper's counts",
         *([f"overrides: {' '.join(result['overrides'])}"] if result["overrides"] else []),
         "",
         f"{'stage':<9} | {'ours: ran':>10} {'seconds':>9} {'rate':>15} {'peak':>9} | "
@@ -201,8 +214,8 @@ def table(result: dict) -> str:
                          f"{rate:>8.2f} {row['unit'] + '/s':<6} {r['peak'] / 2**30:>5.2f} GiB")
         ratio = f"{row['naive']['extrapolated'] / row['ours']['extrapolated']:.1f}x" if "naive" in row else "-"
         lines.append(f"{row['stage']:<9} | {cells[0]} | {cells[1]} | {ratio}")
-    lines += ["", f"total (paper counts): ours {totals['ours']:.1f} s ({totals['ours'] / 60:.1f} min), "
-                  f"naive {totals['naive']:.1f} s ({totals['naive'] / 60:.1f} min)"]
+    lines += ["", f"total (paper counts): ours {totals['ours']:.1f} s ({totals['ours'] / 60:.1f} min)"
+              + (f", naive {totals['naive']:.1f} s ({totals['naive'] / 60:.1f} min)" if naive else "")]
     if totals["naive"]:
         if result["device"] == "cpu":  # process CPU time does not count other processes' load on a shared machine
             lines.append(f"overall naive/ours by process CPU time: {cpu['naive'] / cpu['ours']:.1f}x")
@@ -213,13 +226,15 @@ def table(result: dict) -> str:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, auto (default: cpu)")
-    p.add_argument("--arch", choices=("tiny", "sd21"), default="tiny",
-                   help="tiny: the embedded tiny models; sd21: SD 2.1's U-Net, VAE, text encoder (random weights)")
+    p.add_argument("--arch", choices=tuple(ARCH), default="tiny",
+                   help="tiny: the embedded tiny models; sd21: SD 2.1's U-Net, VAE, text encoder (random weights); "
+                        "sdxl: SDXL base 1.0's U-Net, VAE, both text encoders (random weights, preset paper-sdxl: "
+                        "LoRA; ours only, the naive procedure mirrors the official SD script)")
     p.add_argument("--fraction", type=float, default=1.0, help="fraction of the paper's counts ours runs (default 1)")
     p.add_argument("--naive-fraction", type=float, help="fraction the naive procedure runs (default: --fraction)")
     p.add_argument("--no-naive", action="store_true", help="time ours only")
-    p.add_argument("--divisor", type=int, default=1, help="sd21 only: divide every width by this (1, 2, 4, 8)")
-    p.add_argument("--resolution", type=int, help="pixels (default: 512 for sd21, 32 for tiny)")
+    p.add_argument("--divisor", type=int, default=1, help="sd21, sdxl: divide every width by this (1, 2, 4, 8)")
+    p.add_argument("--resolution", type=int, help="pixels (default: 512 for sd21, 1024 for sdxl, 32 for tiny)")
     p.add_argument("--subject", default="duck_toy", help="a folder of data/subjects (default: duck_toy)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--workdir", help="keep the artifacts of both procedures here (default: a temporary folder)")
@@ -228,7 +243,8 @@ def parse_args(argv=None):
                    help="override a parameter of both procedures after the counts (smoke runs; printed in the header)")
     args = p.parse_args(argv)
     args.naive_fraction = args.fraction if args.naive_fraction is None else args.naive_fraction
-    args.resolution = args.resolution or (512 if args.arch == "sd21" else 32)
+    args.resolution = args.resolution or {"tiny": 32, "sd21": 512, "sdxl": 1024}[args.arch]
+    args.no_naive = args.no_naive or args.arch == "sdxl"
     for name in ("fraction", "naive_fraction"):
         if not 0 < getattr(args, name) <= 1:
             p.error(f"--{name.replace('_', '-')} must be in (0, 1]")

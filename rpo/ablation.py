@@ -211,15 +211,17 @@ def pipeline(root: Path, cfg: C.Config, plan: Plan) -> dict:
     return {"stages": entries}
 
 
-def report_inputs(root: Path, cfg: C.Config, plan: Plan) -> list[Path]:
-    out = []
+def runs(root: Path, cfg: C.Config, plan: Plan):
+    """(row, seed, subject, overrides, paths) of every run of the plan."""
     for row in plan.rows:
         for seed in plan.seeds:
             over = overrides(cfg, row, seed, plan)
             for s in plan.subjects:
-                p = paths(root, s, over, cfg)
-                out += [p.metrics, p.train_log]
-    return out
+                yield row, seed, s, over, paths(root, s, over, cfg)
+
+
+def report_inputs(root: Path, cfg: C.Config, plan: Plan) -> list[Path]:
+    return [f for *_, p in runs(root, cfg, plan) for f in (p.metrics, p.train_log)]
 
 
 def write(root: Path, cfg: C.Config, plan: Plan) -> Path:
@@ -256,16 +258,12 @@ def run(root: Path, cfg: C.Config, plan: Plan, env: dict | None = None) -> int:
 def results(root: Path, cfg: C.Config, plan: Plan) -> pd.DataFrame:
     """One record per (row, subject, seed): the selected step, every metric, the training's diagnostics."""
     out = []
-    for row in plan.rows:
-        for seed in plan.seeds:
-            over = overrides(cfg, row, seed, plan)
-            for s in plan.subjects:
-                p = paths(root, s, over, cfg)
-                metrics = A.read_json(p.metrics)
-                steps = pd.read_csv(p.train_log) if p.train_log.exists() else pd.DataFrame()
-                diag = steps[[c for c in DIAGNOSTICS if c in steps]].mean().to_dict()  # RPO's terms: baselines have none
-                out.append({"row": row.label, "subject": s, "seed": seed, "variant": stages.slug(over) or "main",
-                            **metrics, **{f"train_{k}": v for k, v in diag.items()}})
+    for row, seed, s, over, p in runs(root, cfg, plan):
+        metrics = A.read_json(p.metrics)
+        steps = pd.read_csv(p.train_log) if p.train_log.exists() else pd.DataFrame()
+        diag = steps[[c for c in DIAGNOSTICS if c in steps]].mean().to_dict()  # RPO's terms: baselines have none
+        out.append({"row": row.label, "subject": s, "seed": seed, "variant": stages.slug(over) or "main",
+                    **metrics, **{f"train_{k}": v for k, v in diag.items()}})
     return pd.DataFrame(out)
 
 

@@ -3,14 +3,16 @@
 A checkpoint folder holds what its method trained, in diffusers' formats:
 - a whole U-Net in diffusers' layout, weights in half precision (1.7 GB for SD 2.1 instead of 3.5): rpo, dreambooth;
 - or only LoRA weights in diffusers' LoRA format (`pipe.load_lora_weights(folder)` reads it too), when training
-  used `train.lora_rank > 0`;
+  used `train.lora_rank > 0`: the U-Net's adapters and, with `train.text_encoder_lora`, every text encoder's
+  (`text_encoder.`, `text_encoder_2.` keys, as StableDiffusionXLPipeline.save_lora_weights writes them);
 - or only the cross-attention key and value projections in Custom Diffusion's format
   (`pytorch_custom_diffusion_weights.safetensors`, `pipe.unet.load_attn_procs(folder, weight_name=...)`);
 - and, for textual_inversion (no U-Net at all) and custom_diffusion, the learned token's embedding
   (`learned_embeds.safetensors`, rpo.embeddings; `pipe.load_textual_inversion(folder, weight_name=...)`).
 
-`load(folder, base_unet)` gives the U-Net a checkpoint stands for, `load_text(folder, tokenizer, text_encoder)`
-the tokenizer and text encoder (with the learned token, if it has one).
+The same files serve SD 1.x/2.x and SDXL (the baselines are SD only); `pipeline(folder, pipe)` gives the
+pipeline a checkpoint stands for, and `kohya_state_dict` turns LoRA weights into the single-file format of
+kohya's scripts, which AUTOMATIC1111 and ComfyUI load.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rpo.artifacts import atomic_dir
+from rpo.artifacts import atomic_dir, atomic_file
 from rpo.embeddings import EMBEDS
 
 FULL = "diffusion_pytorch_model.safetensors"
@@ -35,11 +37,14 @@ CUSTOM_KEY = ".processor.{}_custom_diffusion.weight"  # diffusers' CustomDiffusi
 LAMBDA_GRID = np.round(np.linspace(0.0, 1.0, 101), 2)
 
 
-def save(unet, out: Path, dtype=None, *, method: str = "rpo", text=None) -> None:
-    """What `method` trained. Whole U-Nets in `dtype` (default fp16); LoRA weights, Custom Diffusion's k/v and
-    token embeddings in fp32 (they are small); textual_inversion: no U-Net. `text`: (tokenizer, text_encoder)
-    whose added tokens' embeddings are saved too."""
+def save(unet, out: Path, dtype=None, *, method: str = "rpo", text=None, text_encoders: dict | None = None) -> None:
+    """What `method` trained. Whole U-Nets in `dtype` (default fp16); LoRA weights (with those of the
+    `text_encoders`, component name -> model, that carry adapters), Custom Diffusion's k/v and token embeddings
+    in fp32 (they are small); textual_inversion: no U-Net. `text`: (tokenizer, text_encoder) whose added
+    tokens' embeddings are saved too."""
     import torch
+
+    from rpo.xla import to_host  # an XLA model's weights come to the host in one transfer
 
     dtype = dtype or torch.float16
     with atomic_dir(out) as tmp:
@@ -48,13 +53,13 @@ def save(unet, out: Path, dtype=None, *, method: str = "rpo", text=None) -> None
         elif method == "textual_inversion":
             pass  # the U-Net is the base model's
         elif getattr(unet, "peft_config", None):
-            _save_lora(unet, tmp)
+            _save_lora(unet, tmp, text_encoders or {})
         else:
             from safetensors.torch import save_file
 
             unet.save_config(tmp)
             drop_origin(tmp / "config.json")
-            state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in unet.state_dict().items()}
+            state = {k: v.to(dtype).contiguous() for k, v in to_host(unet.state_dict(), unet.device).items()}
             save_file(state, tmp / FULL)
         if text is not None:
             from rpo import embeddings
@@ -67,12 +72,14 @@ def _save_custom_diffusion(unet, folder: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
+    from rpo.xla import to_host
+
     state = {}
     for name, p in unet.named_parameters():
         for proj in ("to_k", "to_v"):
             if name.endswith(f".attn2.{proj}.weight"):
-                layer = name[: -len(f".{proj}.weight")]
-                state[layer + CUSTOM_KEY.format(proj)] = p.detach().to("cpu", torch.float32).contiguous()
+                state[name[: -len(f".{proj}.weight")] + CUSTOM_KEY.format(proj)] = p.detach()
+    state = {k: v.to(torch.float32).contiguous() for k, v in to_host(state, unet.device).items()}
     save_file(state, folder / CUSTOM, metadata={"format": "pt"})
 
 
@@ -84,31 +91,24 @@ def drop_origin(config: Path) -> None:
     config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def save_kohya(folder: Path, out: Path) -> Path:
-    """The LoRA weights of checkpoint `folder` as one kohya single-file `.safetensors` (`lora_unet_...` keys
-    with `.alpha`), the format AUTOMATIC1111, ComfyUI and kohya's scripts load.
-
-    Adapters are trained with alpha = rank (rpo.train.add_lora), which is the alpha the converter writes.
-    """
-    from diffusers.utils.state_dict_utils import convert_state_dict_to_kohya, convert_unet_state_dict_to_peft
-    from safetensors.torch import load_file, save_file
-
-    saved = load_file(Path(folder) / LORA)  # diffusers' layout: unet.<module>.lora.down/up.weight
-    peft = convert_unet_state_dict_to_peft({k.removeprefix("unet."): v for k, v in saved.items() if k.startswith("unet.")})
-    state = convert_state_dict_to_kohya({f"unet.{k}": v for k, v in peft.items()})
-    save_file({k: v.contiguous() for k, v in state.items()}, out, metadata={"format": "pt"})
-    return out
-
-
-def _save_lora(unet, folder: Path) -> None:
-    from diffusers import StableDiffusionPipeline
+def _save_lora(unet, folder: Path, text_encoders: dict) -> None:
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
     import torch
 
-    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
-    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=state, weight_name=LORA)
+    from rpo.family import of_unet
+    from rpo.xla import to_host
+
+    def adapters(model):
+        state = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+        # transformers 5 flattened CLIPTextModel; LoRA files name its modules as every published one does
+        prefix = "text_model." if hasattr(model, "get_input_embeddings") and not hasattr(model, "text_model") else ""
+        return {prefix + k: v.to(torch.float32).contiguous() for k, v in to_host(state, model.device).items()}
+
+    layers = {f"{name}_lora_layers": adapters(model) for name, model in text_encoders.items()
+              if getattr(model, "peft_config", None)}
+    of_unet(unet).pipeline_class().save_lora_weights(folder, unet_lora_layers=adapters(unet), weight_name=LORA,
+                                                     **layers)
 
 
 def is_complete(folder: Path) -> bool:
@@ -155,13 +155,77 @@ def _load_custom_diffusion(path: Path, base_unet):
     return unet
 
 
-def load_text(folder: Path, tokenizer, text_encoder):
-    """(tokenizer, text_encoder) a checkpoint stands for: the given ones, or copies with its learned token added."""
+def lora_parts(folder: Path) -> set[str]:
+    """The components a LoRA checkpoint adapts ("unet", "text_encoder", "text_encoder_2"); empty for a whole U-Net."""
+    from safetensors import safe_open
+
+    path = Path(folder) / LORA
+    if not path.exists():
+        return set()
+    with safe_open(path, framework="pt") as f:
+        return {key.split(".")[0] for key in f.keys()}
+
+
+def pipeline(folder: Path, pipe):
+    """The pipeline a checkpoint stands for: `pipe`'s components (left untouched) with the checkpoint's U-Net and,
+    where it trained them, text encoders or a learned token (a checkpoint has one or the other:
+    rpo.params refuses LoRA with the token methods). LoRA weights go through diffusers' own `load_lora_weights` into copies
+    and are fused, so generation runs at the base model's speed. A `StableDiffusionPipeline` or
+    `StableDiffusionXLPipeline` as `pipe` is; `save_pretrained` writes it as a plain diffusers folder."""
+    folder = Path(folder)
+    parts = sorted(lora_parts(folder))
+    if set(parts) <= {"unet"}:  # a whole U-Net, LoRA on the U-Net alone, Custom Diffusion's k/v, or none (TI)
+        model = type(pipe).from_pipe(pipe, unet=load(folder, pipe.unet), **learned_token(folder, pipe))
+    else:
+        model = type(pipe).from_pipe(pipe, **{name: copy.deepcopy(getattr(pipe, name)) for name in parts})
+        model.load_lora_weights(folder, weight_name=LORA)
+        model.fuse_lora(components=parts)
+        model.unload_lora_weights()  # drops the adapter layers; the fused weights stay
+    model.set_progress_bar_config(disable=True)
+    return model
+
+
+def learned_token(folder: Path, pipe) -> dict:
+    """The pipeline components with a checkpoint's learned token (copies of `pipe`'s tokenizer and text encoder
+    with it added); {} when it learned none."""
     if not (Path(folder) / EMBEDS).exists():
-        return tokenizer, text_encoder
+        return {}
     from rpo import embeddings
 
-    return embeddings.load(folder, tokenizer, text_encoder)
+    tokenizer, text_encoder = embeddings.load(folder, pipe.tokenizer, pipe.text_encoder)
+    return {"tokenizer": tokenizer, "text_encoder": text_encoder}
+
+
+def encodes_prompts_anew(folder: Path) -> bool:
+    """Does a checkpoint turn prompts into other embeddings than the base does (text-encoder LoRA, a learned
+    token)? Then the base's encodings of the prompts cannot be reused for it."""
+    return bool(lora_parts(folder) - {"unet"}) or (Path(folder) / EMBEDS).exists()
+
+
+def kohya_state_dict(folder: Path) -> dict:
+    """A LoRA checkpoint in kohya's single-file layout (`lora_unet_...`, `lora_te1_...`, `lora_te2_...` keys with
+    `lora_down` / `lora_up` weights and an `.alpha` per module), the format AUTOMATIC1111 and ComfyUI load for SD
+    and SDXL, converted by diffusers' own functions as its advanced DreamBooth-LoRA script does."""
+    from diffusers.utils import convert_all_state_dict_to_peft, convert_state_dict_to_kohya
+    from safetensors.torch import load_file
+
+    path = Path(folder) / LORA
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing (a whole U-Net checkpoint has no LoRA weights to convert)")
+    state, peft = load_file(path), {}
+    for part in lora_parts(folder):  # one at a time: diffusers names the U-Net's and the encoders' layers differently
+        peft.update(convert_all_state_dict_to_peft({k: v for k, v in state.items() if k.startswith(f"{part}.")}))
+    return convert_state_dict_to_kohya(peft)
+
+
+def save_kohya(folder: Path, out: Path) -> Path:
+    """kohya_state_dict of `folder`, written to the single .safetensors file `out` (atomically)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.contiguous() for k, v in kohya_state_dict(folder).items()}
+    with atomic_file(Path(out)) as tmp:
+        save_file(state, tmp, metadata={"format": "pt"})
+    return Path(out)
 
 
 def copy_folder(source: Path, dest: Path) -> None:

@@ -21,6 +21,7 @@ EPILOG = """examples:
   rpo export --subject dog --out exports/dog  the fine-tuned model as a diffusers folder (+ LoRA for A1111/ComfyUI)
   rpo sample --subject dog --prompt "a {V} {k} on the beach" -n 4    images of the subject, with a grid
   rpo preset paper                           switch params.yaml to the paper's settings (SD 2.1, ALIGN, 512 px)
+  rpo preset paper-sdxl                      the same method on Stable Diffusion XL (LoRA, 1024 px)
   rpo ablate dog --tables 3                  the paper's lambda_val ablation for one subject
   rpo ablate --tables 2 --baselines          RPO's terms, and DreamBooth, Textual Inversion, Custom Diffusion beside it
   rpo dvc sync                               rewrite dvc.yaml's stages from the code (dependencies, params, outputs)
@@ -106,9 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only the report of finished ablations (reports/ablations.md; the plan of ablations/plan.json)")
 
     p = command("preset", "rpo.presets:cli", "switch params.yaml to a preset, keeping its comments and your subjects",
-                "presets: paper (SD 2.1, ALIGN, 512 px, 400 steps; a GPU), world (the bundled world, CPU), "
-                "tiny (random tiny models)\nexample: rpo preset paper")
-    p.add_argument("name", help="paper, world or tiny (rpo/presets/*.yaml)")
+                "presets: paper (SD 2.1, ALIGN, 512 px, 400 steps; a GPU), paper-sdxl (SDXL with LoRA as the official "
+                "train_sdxl.py, 1024 px; a GPU), world (the bundled world, CPU), tiny and tiny-sdxl (random tiny "
+                "models)\nexample: rpo preset paper-sdxl")
+    p.add_argument("name", help="paper, paper-sdxl, world, tiny or tiny-sdxl (rpo/presets/*.yaml)")
 
     subjects = command("subjects", None, "add and list subjects").add_subparsers(dest="subcommand", required=True,
                                                                                 metavar="SUBCOMMAND")

@@ -72,14 +72,17 @@ UNIT = _num(0.0, 1.0)
 PRECISION = _choice("fp32", "bf16", "fp16", "auto")
 
 
-def key(default, check: Check, *, preset: bool = True):
+def key(default, check: Check, *, preset: bool = True, family: str | None = None):
     """A params.yaml key: its default (the paper's value), its check, and whether presets set it.
 
     Keys that name the user's own things (subjects, seed, paths, device) are never touched by a preset.
+    `family` marks a key that means something for one model family only (rpo.family: "sd" or "sdxl"):
+    `rpo check` refuses another value than the default on a base model of the other family.
     """
+    metadata = {"check": check, "preset": preset, "family": family}
     if isinstance(default, (list, tuple)):
-        return field(default_factory=lambda: tuple(default), metadata={"check": check, "preset": preset})
-    return field(default=default, metadata={"check": check, "preset": preset})
+        return field(default_factory=lambda: tuple(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ class Model:
     resolution: int = key(512, _num(8, 2048, integer=True))
     dtype: str = key("auto", PRECISION)
     attention: str = key("sdpa", _choice("sdpa", "eager"))
+    vae: str = key("base", _text)  # "base": the base model's own VAE; else a hub id, local folder or registered name
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,8 @@ class Train:
     mixed_precision: str = key("auto", PRECISION)
     gradient_checkpointing: bool = key(False, _flag)
     lora_rank: int = key(0, NONNEG)
+    text_encoder_lora: bool = key(False, _flag)  # LoRA on every text encoder too (rank lora_rank, so lora_rank > 0)
+    time_ids: str = key("image", _choice("image", "resolution"), family="sdxl")
     compile: bool = key(False, _flag)
     resume: bool = key(True, _flag)
     prior_loss_weight: float = key(1.0, _num(0.0))  # w of L_prior (dreambooth, custom_diffusion); 0: no class images
@@ -158,7 +164,8 @@ TRAIN_COMMON = ("train.method", "train.max_steps", "train.batch_size", "train.we
                 "train.adam_beta2", "train.grad_clip", "train.mixed_precision", "train.gradient_checkpointing",
                 "train.compile", "train.resume")
 TRAIN_KEYS = {
-    "rpo": ("train.learning_rate", "train.beta", "train.share_noise", "train.ref_prompt", "train.lora_rank"),
+    "rpo": ("train.learning_rate", "train.beta", "train.share_noise", "train.ref_prompt", "train.lora_rank",
+            "train.text_encoder_lora", "train.time_ids"),
     "dreambooth": ("train.learning_rate", "train.prior_loss_weight", "train.lora_rank"),
     "textual_inversion": ("train.ti_learning_rate", "train.initializer_token"),
     "custom_diffusion": ("train.cd_learning_rate", "train.prior_loss_weight", "train.initializer_token"),
@@ -254,6 +261,11 @@ def preset_keys() -> list[str]:
 def problem(name: str, value) -> str | None:
     """What is wrong with `value` for key `name`, or None."""
     return SPEC[name].metadata["check"](value)
+
+
+def family_keys() -> dict[str, str]:
+    """Keys that mean something for one model family only -> that family (rpo.family)."""
+    return {k: f.metadata["family"] for k, f in SPEC.items() if f.metadata["family"]}
 
 
 def from_dict(params: dict) -> Config:

@@ -15,6 +15,7 @@ from PIL import Image
 
 from rpo.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 from rpo.registry import model_path
+from rpo.xla import batches
 
 
 def features(out) -> torch.Tensor:
@@ -28,12 +29,15 @@ class Encoder:
     batch_size = 32
 
     def embed_images(self, images: list[Image.Image]) -> torch.Tensor:
-        chunks = [self._images(images[i : i + self.batch_size]) for i in range(0, len(images), self.batch_size)]
-        return F.normalize(torch.cat(chunks).float(), dim=-1).cpu()
+        return self._embed(self._images, images)
 
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
-        chunks = [self._texts(texts[i : i + self.batch_size]) for i in range(0, len(texts), self.batch_size)]
-        return F.normalize(torch.cat(chunks).float(), dim=-1).cpu()
+        return self._embed(self._texts, texts)
+
+    def _embed(self, encode, items) -> torch.Tensor:
+        # each chunk to the host whole, then trimmed: on XLA (fixed chunk sizes) one graph per tower and call size
+        chunks = [encode(chunk).float().cpu()[:n] for chunk, n in batches(list(items), self.batch_size, self.device)]
+        return F.normalize(torch.cat(chunks), dim=-1)
 
     def _images(self, images):
         raise NotImplementedError

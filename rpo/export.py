@@ -1,7 +1,8 @@
 """`rpo export`: the fine-tuned subject as a model people use, in diffusers, AUTOMATIC1111 and ComfyUI.
 
-The export is a complete diffusers pipeline folder, the base model's components with the selected
-U-Net (or the base with the LoRA fused in), in half precision by default, that plain
+The export is a complete diffusers pipeline folder (StableDiffusionPipeline or StableDiffusionXLPipeline,
+as the base is), the base model's components with the selected U-Net (or the base with the LoRA of the
+U-Net, and of the text encoders where they trained, fused in), in half precision by default, that plain
 `DiffusionPipeline.from_pretrained(folder)` loads without this project; a model card (README.md)
 says what it is and how to prompt it. A LoRA run also leaves the adapter on its own: diffusers'
 format (`pipe.load_lora_weights(folder / "lora")`) and one kohya single-file `.safetensors`
@@ -101,8 +102,12 @@ def model_card(ctx, step: int, base: str, lora: bool, dtype: str, parts: list[st
     if parts:
         lines += [f"## The {METHOD_NAMES[method]} weights on their own", "",
                   f"`{ADAPTER}/` holds them in diffusers' formats, for the base model `{base}`:", "", "```python"]
-        if checkpoints.CUSTOM in parts:
-            lines.append(f'pipe.unet.load_attn_procs("path/to/this/folder/{ADAPTER}", weight_name="{checkpoints.CUSTOM}")')
+        if checkpoints.CUSTOM in parts:  # diffusers 0.42 ignores the file unless every layer and the pipeline are given
+            lines += ["from safetensors.torch import load_file", "",
+                      f'kv = load_file("path/to/this/folder/{ADAPTER}/{checkpoints.CUSTOM}")',
+                      "# diffusers wants an entry for every attention layer (empty: unchanged), and the pipeline",
+                      'kv |= {n: {} for n in pipe.unet.attn_processors if f"{n}.to_k_custom_diffusion.weight" not in kv}',
+                      "pipe.unet.load_attn_procs(kv, _pipeline=pipe)"]
         lines += [f'pipe.load_textual_inversion("path/to/this/folder/{ADAPTER}", weight_name="{checkpoints.EMBEDS}")',
                   "```", ""]
     lines += ["## Evaluation (DreamBench protocol)", "",
@@ -132,13 +137,12 @@ def export(ctx, out: Path, dtype: str = "fp16", step: int | None = None, overwri
     base = base_reference(ctx.cfg, ctx.root)
     torch_dtype = getattr(torch, _torch_name(dtype))
     log.info("export %s: step %d on %s, %s -> %s", ctx.subject.name, chosen, base, dtype, out)
-    pipe = load_pipeline(ctx.cfg.model.base, torch.device("cpu"), torch.float32, attention="sdpa")
-    pipe.unet = checkpoints.load(source, pipe.unet)
-    pipe.tokenizer, pipe.text_encoder = checkpoints.load_text(source, pipe.tokenizer, pipe.text_encoder)
-    lora = (source / checkpoints.LORA).exists()
+    base_pipe = load_pipeline(ctx.cfg.model.base, torch.device("cpu"), torch.float32, vae=ctx.cfg.model.vae)
+    pipe = checkpoints.pipeline(source, base_pipe)  # SD or SDXL; LoRA (U-Net, text encoders) fused in, or a learned token
+    lora = bool(checkpoints.lora_parts(source))
     with A.atomic_dir(out) as tmp:
         pipe.to(torch_dtype).save_pretrained(tmp, safe_serialization=True)
-        for config in tmp.rglob("config.json"):
+        for config in [*tmp.rglob("config.json"), tmp / "model_index.json"]:
             checkpoints.drop_origin(config)  # no clone's path in a model others load
         if lora:
             (tmp / "lora").mkdir()

@@ -45,6 +45,13 @@ def center_square(im: Image.Image, size: int) -> Image.Image:
     return ImageOps.fit(im, (size, size), method=Image.Resampling.BICUBIC)
 
 
+def center_crop_top_left(size_wh: tuple[int, int], target: int) -> tuple[int, int]:
+    """(top, left) of `center_square`'s crop in the photo resized to a short side of `target`: SDXL's crop time ids."""
+    width, height = size_wh
+    scale = target / min(width, height)
+    return max(0, round((round(height * scale) - target) / 2)), max(0, round((round(width * scale) - target) / 2))
+
+
 def limit_short_side(im: Image.Image, max_size: int | None) -> Image.Image:
     """Scale down (never up) so the short side is at most `max_size`: 2048 px originals need not be kept."""
     if max_size is None or min(im.size) <= max_size:

@@ -4,7 +4,8 @@ A method says which weights train (they require grad; everything else is frozen)
 shared PairData and returns the step's loss terms. Validation, checkpoints, exact resume (the trainable weights
 are whatever requires grad) and selection are the same for every method.
 
-- rpo: L = L_sim + L_pref on preference pairs (DESIGN.md section 1); the whole U-Net, or LoRA adapters.
+- rpo: L = L_sim + L_pref on preference pairs (DESIGN.md section 1); the whole U-Net, or LoRA adapters (with
+  train.text_encoder_lora on the text encoders too). The only method for SDXL (rpo.family.check).
 - dreambooth: L = L_sim + w * L_prior, prior preservation on the base model's images of the class prompt
   (diffusers' examples/dreambooth/train_dreambooth.py); the whole U-Net, or LoRA adapters.
 - textual_inversion: L = L_sim through the text encoder, run at every step; only the new token's row of the
@@ -23,15 +24,17 @@ from __future__ import annotations
 
 import torch
 
+from rpo import family
 from rpo.config import Train
 from rpo.device import pick_dtype
 from rpo.embeddings import added_ids
 from rpo.loss import per_sample_error, prior_preservation_loss
-from rpo.train import PairData, diffusion_target, rpo_step_losses, trainable_unets
+from rpo.train import PairData, TextAdapters, diffusion_target, rpo_step_losses, trainable_unets
 
 
 def setup(pipe, cfg: Train, device, ref_dtype) -> "Method":
     """Freeze what `cfg.method` does not train and make the rest trainable (fp32 master weights)."""
+    family.require_method_fits(pipe, cfg.method)
     return {"rpo": RPO, "dreambooth": DreamBooth, "textual_inversion": TextualInversion,
             "custom_diffusion": CustomDiffusion}[cfg.method](pipe, cfg, device, ref_dtype)
 
@@ -91,19 +94,32 @@ class Method:
 
 
 class RPO(Method):
-    """L_sim + L_pref; the whole U-Net (fp32 master weights) or LoRA adapters, and eps_ref when beta > 0."""
+    """L_sim + L_pref; the whole U-Net (fp32 master weights) or LoRA adapters, and eps_ref when beta > 0;
+    train.text_encoder_lora adds adapters to the text encoders, which then encode the step's prompts."""
 
     name = "RPO"
+
+    def __init__(self, pipe, cfg: Train, device, ref_dtype):
+        super().__init__(pipe, cfg, device, ref_dtype)
+        self.text = (TextAdapters(pipe, cfg.lora_rank, device, pick_dtype(cfg.mixed_precision, device))
+                     if cfg.text_encoder_lora else None)
 
     def _unets(self, pipe, cfg, device, ref_dtype):
         return trainable_unets(pipe.unet, cfg, device, ref_dtype)
 
+    def trainable(self) -> dict[str, torch.nn.Parameter]:
+        return {**super().trainable(), **(self.text.named_parameters() if self.text else {})}
+
     def describe(self) -> str:
-        return f"beta {self.cfg.beta:g}, " + super().describe()
+        return f"beta {self.cfg.beta:g}, " + super().describe() + (", text-encoder LoRA" if self.text else "")
 
     def losses(self, data: PairData, step: int, seed: int, device, scheduler, generator, autocast) -> dict:
         idx, draw = data.batch_indices(step - 1, self.cfg.batch_size, seed)
-        return rpo_step_losses(self.unet, self.ref_unet, scheduler, data.batch(idx, draw, device), beta=self.cfg.beta,
+        batch = data.batch(idx, draw, device)
+        if self.text:
+            with autocast():
+                batch = self.text.condition(batch)
+        return rpo_step_losses(self.unet, self.ref_unet, scheduler, batch, beta=self.cfg.beta,
                                share_noise=self.cfg.share_noise, ref_prompt=self.cfg.ref_prompt, generator=generator,
                                autocast=autocast)
 

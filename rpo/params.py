@@ -69,25 +69,27 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
             problem = f"must be none or a registered judge ({', '.join(registry.judge_names()) or 'none installed'}), got {value!r}"
         if problem:
             errors.append(f"{key}: {problem}")
+    errors += _combinations(params) if not errors else []
     errors += [f"{k}: unknown key" for k in params if k not in C.SECTIONS and k not in C.SPEC]
     for section, body in params.items():
         if section in C.SECTIONS and isinstance(body, dict):
             errors += [f"{section}.{k}: unknown key" for k in body if f"{section}.{k}" not in C.SPEC]
         elif section in C.SECTIONS:
             errors.append(f"{section}: must be a mapping of keys, got {body!r}")
-    if not errors:
-        errors += _conflicts(params)
     if errors:
         raise ParamsError(f"{source}: invalid parameters:\n  " + "\n  ".join(errors))
     return params
 
 
-def _conflicts(params: dict) -> list[str]:
-    """Keys valid alone but not together."""
-    method = get(params, "train.method")
-    if method in C.TOKEN_METHODS and get(params, "train.lora_rank") > 0:
-        return [f"train.lora_rank: must be 0 with train.method {method} (it trains no LoRA adapters), "
-                f"got {get(params, 'train.lora_rank')}"]
+def _combinations(params: dict) -> list[str]:
+    """Keys that are valid alone but not together (the model family's keys are checked by `rpo check`)."""
+    method, rank = get(params, "train.method"), get(params, "train.lora_rank")
+    if method in C.TOKEN_METHODS and rank > 0:
+        return [f"train.lora_rank: must be 0 with train.method {method} (it trains no LoRA adapters), got {rank}"]
+    if get(params, "train.text_encoder_lora") and rank == 0:
+        return ["train.text_encoder_lora: needs train.lora_rank > 0 (the text encoders' adapters have that rank)"]
+    if get(params, "train.text_encoder_lora") and method != "rpo":
+        return [f"train.text_encoder_lora: RPO only, got train.method {method}"]
     return []
 
 

@@ -48,9 +48,7 @@ def check_request(n: int, steps: int, guidance: float, batch_size: int) -> None:
 
 def pipeline_for(ctx, step: int | None, model: Path | None):
     """The fine-tuned pipeline: an exported folder, or the base model with the selected (or a step's) checkpoint:
-    its U-Net, and its learned token (Textual Inversion, Custom Diffusion)."""
-    import torch
-
+    its U-Net (or LoRA), and its learned token (Textual Inversion, Custom Diffusion)."""
     from rpo import checkpoints
     from rpo.device import pick_device, pick_dtype
     from rpo.export import checkpoint_of
@@ -61,11 +59,8 @@ def pipeline_for(ctx, step: int | None, model: Path | None):
         dtype = pick_dtype(ctx.cfg.model.dtype if ctx else "auto", device, cpu_half=True)
         return load_pipeline(str(model), device, dtype)
     source = checkpoint_of(ctx, step)
-    device = pick_device(ctx.cfg.device)
-    pipe = stage_pipeline(ctx.cfg.model, device, unet_dtype=torch.float32 if device.type == "cpu" else None)
-    pipe.unet = checkpoints.load(source, pipe.unet)
-    pipe.tokenizer, pipe.text_encoder = checkpoints.load_text(source, pipe.tokenizer, pipe.text_encoder)
-    return pipe
+    pipe = stage_pipeline(ctx.cfg.model, pick_device(ctx.cfg.device))
+    return checkpoints.pipeline(source, pipe)  # SD or SDXL; LoRA fused in
 
 
 def sample(pipe, prompt: str, out: Path, n: int, seed: int, steps: int, guidance: float, resolution: int,

@@ -1,6 +1,6 @@
 """Tiny models of the real classes, built offline from a fixed seed: the fastest runs and the unit tests.
 
-Registered with rpo.registry (entry point group `rpo.models`) as `tiny`, `tiny-v`, `tiny-clip`, ...
+Registered with rpo.registry (entry point group `rpo.models`) as `tiny`, `tiny-v`, `tiny-sdxl`, `tiny-clip`, ...
 Each builder writes a directory in the same format as the real model on the hub
 (diffusers pipeline, transformers model + processor, open_clip local-dir), so the
 product loads them through exactly the same code path as real weights. Nothing here
@@ -16,14 +16,13 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
-
 from rpo.artifacts import atomic_dir
 from rpo.preprocessing import IMAGENET_MEAN, IMAGENET_STD
 
 SEED = 0
 RESOLUTION = 32  # pixels; the tiny VAE downsamples by 2, so latents are 16 x 16
-NAMES = ("tiny", "tiny-v", "tiny-clip", "tiny-clip-metric", "tiny-dino", "tiny-open_clip")
+NAMES = ("tiny", "tiny-v", "tiny-sdxl", "tiny-sdxl-v", "tiny-sdxl-vae", "tiny-clip", "tiny-clip-metric", "tiny-dino",
+         "tiny-open_clip")
 VERSION = "v1"  # bump when a builder changes, so old cached builds are not reused
 
 
@@ -77,8 +76,20 @@ def _text_config(**kw):
     )
 
 
+def _vae(**kw):
+    """A VAE of two blocks: 32 px images, 16 x 16 latents."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        sample_size=RESOLUTION, **kw,
+    )
+
+
 def _build_sd(out: Path, prediction_type: str = "epsilon"):
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     torch.manual_seed(SEED)
@@ -87,11 +98,7 @@ def _build_sd(out: Path, prediction_type: str = "epsilon"):
         in_channels=4, out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-        sample_size=RESOLUTION,
-    )
+    vae = _vae()
     text_encoder = CLIPTextModel(_text_config())
     tokenizer, src = clip_tokenizer(out)
     scheduler = ddim_scheduler(prediction_type)
@@ -101,6 +108,52 @@ def _build_sd(out: Path, prediction_type: str = "epsilon"):
     )
     pipe.save_pretrained(out, safe_serialization=True)
     shutil.rmtree(src)
+
+
+SDXL_SCALING = 0.13025  # SDXL's VAE scaling factor (SD's is 0.18215): rpo check tells the two latent spaces apart by it
+
+
+def _build_sdxl(out: Path, prediction_type: str = "epsilon"):
+    """SDXL's classes at a tiny width: a U-Net with the text-and-time added embedding, CLIPTextModel and
+    CLIPTextModelWithProjection (whose pooled output the U-Net takes), both CLIP BPE tokenizers (the second
+    pads with "!", as SDXL's does), SDXL's VAE scaling and its Euler sampler; the shapes of diffusers' own
+    SDXL tests, with one transformer layer per block (two cost 1.5 times the compute of the tiny SD)."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(SEED + 20)
+    time_dim, pooled_dim = 8, 32
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=RESOLUTION // 2, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, transformer_layers_per_block=(1, 1),
+        cross_attention_dim=2 * 32,  # both text encoders' hidden states, side by side
+        addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + pooled_dim,  # six time ids and the pooled text
+    )
+    vae = _vae(scaling_factor=SDXL_SCALING, force_upcast=True)
+    text_encoder = CLIPTextModel(_text_config())
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(projection_dim=pooled_dim, hidden_act="gelu"))
+    tokenizer, src = clip_tokenizer(out)
+    tokenizer_2 = CLIPTokenizer(str(src / "vocab.json"), str(src / "merges.txt"), model_max_length=77, pad_token="!")
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading", prediction_type=prediction_type)
+    pipe = StableDiffusionXLPipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    shutil.rmtree(src)
+
+
+def _build_sdxl_vae(out: Path):
+    """A second SDXL-latent VAE, as madebyollin/sdxl-vae-fp16-fix is beside SDXL's own: a VAE folder for `model.vae`."""
+    import torch
+
+    torch.manual_seed(SEED + 21)
+    _vae(scaling_factor=SDXL_SCALING, force_upcast=False).save_pretrained(out, safe_serialization=True)
 
 
 def ddim_scheduler(prediction_type: str = "epsilon"):
@@ -119,6 +172,7 @@ def _image_processor(mean=None, std=None):
 
 
 def _build_clip(out: Path, seed: int):
+    import torch
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPVisionConfig
 
     torch.manual_seed(seed)
@@ -132,6 +186,7 @@ def _build_clip(out: Path, seed: int):
 
 
 def _build_dino(out: Path):
+    import torch
     from transformers import ViTConfig, ViTModel
 
     torch.manual_seed(SEED + 2)
@@ -143,6 +198,7 @@ def _build_dino(out: Path):
 
 def _build_open_clip(out: Path):
     import open_clip
+    import torch
     from safetensors.torch import save_file
 
     model_cfg = {
@@ -161,6 +217,9 @@ def _build_open_clip(out: Path):
 _BUILDERS = {
     "tiny": lambda out: _build_sd(out, "epsilon"),
     "tiny-v": lambda out: _build_sd(out, "v_prediction"),
+    "tiny-sdxl": lambda out: _build_sdxl(out, "epsilon"),
+    "tiny-sdxl-v": lambda out: _build_sdxl(out, "v_prediction"),
+    "tiny-sdxl-vae": _build_sdxl_vae,
     "tiny-clip": lambda out: _build_clip(out, SEED + 1),
     "tiny-clip-metric": lambda out: _build_clip(out, SEED + 11),
     "tiny-dino": _build_dino,

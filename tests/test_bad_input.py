@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import signal
 import subprocess
 import sys
@@ -49,10 +50,11 @@ def test_subject_folder_without_images(project, empty_cache):
 
 
 def test_numbers_in_yaml_1_2_form_are_numbers(project, empty_cache):
-    out = rpo(project, "--set", "train.learning_rate=1e-3", "--set", "labels.tau=2E-1", "check", env=empty_cache[0])
-    assert f"{SUBJECT}: 4 images" in out.stdout
     _fails(project, empty_cache, "--set", "train.learning_rate=fast", "check",
            match="train.learning_rate: must be a number, got 'fast'")
+    # a check that passes reads the base model's model_index.json (and builds a tiny model for that)
+    out = rpo(project, "--set", "train.learning_rate=1e-3", "--set", "labels.tau=2E-1", "check", env=empty_cache[0])
+    assert f"{SUBJECT}: 4 images" in out.stdout
 
 
 @pytest.mark.parametrize("content", [b"", b"not a jpeg at all", b"\xff\xd8\xff\xe0garbage"])
@@ -104,6 +106,31 @@ def _exif_rotated(path):
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 CW to display
     im.save(path, exif=exif)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch_xla") is not None, reason="torch_xla is installed here")
+@pytest.mark.parametrize("how", ["device=xla", "PJRT_DEVICE=TPU"])
+def test_xla_without_torch_xla_names_the_extra(project, empty_cache, how):
+    """`device: xla`, or `auto` under PJRT_DEVICE, without the tpu extra: exit 2 before any model loads."""
+    overrides, env = (["--set", how], {}) if how.startswith("device") else ([], {"PJRT_DEVICE": "TPU"})
+    empty_cache[0].update(env)
+    _fails(project, empty_cache, *overrides, "stage", "prior", "--subject", SUBJECT,
+           match="needs torch_xla, which is not installed: install it with `uv sync --extra tpu`")
+
+
+def test_pick_device_without_torch_xla(monkeypatch):
+    from rpo.device import DeviceError, pick_device
+    from rpo.params import ParamsError
+
+    monkeypatch.setitem(sys.modules, "torch_xla", None)  # as if not installed, in either environment
+    with pytest.raises(DeviceError, match="device: xla needs torch_xla") as e:
+        pick_device("xla")
+    assert isinstance(e.value, ParamsError)  # the CLI's user error: one line, exit code 2
+    monkeypatch.setenv("PJRT_DEVICE", "TPU")
+    if not __import__("torch").cuda.is_available():
+        with pytest.raises(DeviceError, match="PJRT_DEVICE=TPU needs torch_xla"):
+            pick_device("auto")
+    assert pick_device("cpu").type == "cpu"
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "1", "P", "CMYK", "I;16", "MPO", "EXIF"])

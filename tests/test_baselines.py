@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAST, REPO, copy_project, run_stages
+from conftest import FAST, REPO, copy_project, rpo, run_stages
 from rpo import ablation, checkpoints, stages
 from rpo import artifacts as A
 from rpo import params as P
@@ -155,15 +155,27 @@ def test_the_checkpoint_loads_back_for_evaluation_as_the_trained_model(trained, 
         assert np.abs(trained_px - loaded).mean() < 0.5
         return
     assert np.array_equal(trained_px, loaded)
-    # diffusers' own loaders read the same files on the base model (its Custom Diffusion attention processor
-    # sums in another order: within a grey level)
+    # diffusers' own loaders read the same files on the base model, as the model card shows (its Custom Diffusion
+    # attention processor sums in another order: within a grey level)
     plain = load_pipeline("tiny", CPU)
     if method == "custom_diffusion":
-        plain.unet.load_attn_procs(folder, weight_name=checkpoints.CUSTOM)
+        plain.unet.load_attn_procs(custom_diffusion_processors(folder / checkpoints.CUSTOM, plain.unet), _pipeline=plain)
+        assert sum(type(p).__name__ == "CustomDiffusionAttnProcessor" for p in plain.unet.attn_processors.values()) \
+            == len(plain.unet.attn_processors)  # the processors are in place, not silently skipped
     plain.load_textual_inversion(folder, weight_name=EMBEDS)
     theirs = generate_jobs(plain, jobs[:4], steps=ev.num_inference_steps, guidance=ev.guidance_scale,
                            resolution=ctx.resolution, batch_size=4, desc="diffusers")
     assert np.abs(np.stack([np.asarray(im, dtype=np.int16) for im in theirs]) - trained_px[:4]).max() <= 1
+
+
+def custom_diffusion_processors(path, unet) -> dict:
+    """The Custom Diffusion file as diffusers' load_attn_procs takes it: an entry for every attention layer (empty:
+    unchanged). diffusers 0.42 also sets the processors only when given `_pipeline`: without it the call does
+    nothing, silently."""
+    from safetensors.torch import load_file
+
+    kv = load_file(path)
+    return kv | {n: {} for n in unet.attn_processors if f"{n}.to_k_custom_diffusion.weight" not in kv}
 
 
 def _png(path):
@@ -233,6 +245,20 @@ def test_each_stage_declares_the_params_it_reads():
 def test_a_method_that_trains_no_unet_refuses_lora():
     with pytest.raises(P.ParamsError, match="train.lora_rank: must be 0 with train.method textual_inversion"):
         _cfg("textual_inversion", **{"train.lora_rank": 4})
+    with pytest.raises(P.ParamsError, match="train.text_encoder_lora: RPO only, got train.method dreambooth"):
+        _cfg("dreambooth", **{"train.lora_rank": 4, "train.text_encoder_lora": True})
+
+
+def test_the_baselines_refuse_an_sdxl_base_in_one_line(project):
+    """`rpo check` names the key and exits 2 (the user-error path); the stages that load the model refuse too."""
+    from rpo import family
+
+    proc = rpo(project, "--set", "model.base=tiny-sdxl", "--set", "train.method=custom_diffusion", "check",
+               check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "train.method: custom_diffusion trains Stable Diffusion 1.x/2.x only, and the base model is Stable " \
+           "Diffusion XL" in proc.stderr
+    assert family.method_fits(family.SDXL, "rpo") == family.method_fits(family.SD, "dreambooth") == []
 
 
 def test_the_baselines_are_rows_of_the_ablation_engine():

@@ -153,7 +153,8 @@ def test_a_lambda_val_that_selects_the_same_step_reuses_the_images_it_made(repro
     entries = sorted((root / ".rpo" / "cache" / "evaluate").iterdir())
     metrics = json.loads((root / "metrics" / f"{SUBJECT}.json").read_text())
     write_params(root, {"validate.lambda_val": 0.9})
-    out = dvc(root, "repro").stdout
+    proc = dvc(root, "repro")
+    out = proc.stdout + proc.stderr
     assert f"Running stage 'evaluate@{SUBJECT}'" in out and "only lambda_val's reward is recomputed" in out
     assert sorted((root / ".rpo" / "cache" / "evaluate").iterdir()) == entries  # no image was generated
     again = json.loads((root / "metrics" / f"{SUBJECT}.json").read_text())
@@ -233,7 +234,7 @@ def test_killed_anywhere_a_clone_at_another_path_ends_with_the_same_hashes(repro
         _kill_when(proc, ready)
     proc, log = _start(root)
     assert proc.wait() == 0, open(log).read()[-3000:]
-    text = open(log).read()
+    text = "".join(p.read_text() for p in sorted(root.parent.glob("repro-*.log")))
     assert "resuming duck_toy after step 2" in text  # finetune went on from its last validation, not from 0
     assert _outputs(root) == LOCKS["clean"]
     tmp = root / ".rpo" / "tmp"

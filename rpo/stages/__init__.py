@@ -23,7 +23,7 @@ from rpo import artifacts as A
 log = logging.getLogger("rpo")
 
 SUMMARIES = {
-    "check": "params.yaml and every subject's folder and photos, checked before any model loads",
+    "check": "params.yaml against the base model's family, every subject's folder and photos; no weights load",
     "prior": "the base model's images of the training prompts, and their manifest",
     "class_prior": "the base model's images of the class prompt, for prior preservation (dreambooth, custom_diffusion)",
     "score": "the reward model's ALIGN-I and ALIGN-T of the references and the prior images, to Parquet",
@@ -122,13 +122,15 @@ def run(name: str, ctx) -> Path:
     """Run subject stage `name`: stale temporaries of killed runs removed first, a run log (wall time,
     device; not a DVC output) written after."""
     A.remove_stale_temporaries(ctx.root)
-    start = time.perf_counter()
+    start, compiled = time.perf_counter(), _xla_counts()
     out = module(name).run(ctx)
     seconds = round(time.perf_counter() - start, 1)
     device = _device_name(ctx)
-    A.write_json({"stage": name, "subject": ctx.subject.name, "seconds": seconds, "device": device,
+    xla = sys.modules["rpo.xla"].since(compiled) if device.startswith("xla") else {}
+    A.write_json({"stage": name, "subject": ctx.subject.name, "seconds": seconds, "device": device, **xla,
                   "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}, ctx.paths.run_log(name))
-    log.info("%s@%s: done in %.1f s", name, ctx.subject.name, seconds)
+    log.info("%s@%s: done in %.1f s%s", name, ctx.subject.name, seconds,
+             f" ({xla['xla_compilations']} XLA graphs compiled in {xla['xla_compile_seconds']} s)" if xla else "")
     record_imports(name, ctx.root)
     return out
 
@@ -145,6 +147,12 @@ def record_imports(stage: str, root: Path) -> None:
                    if p.is_absolute() and p.resolve().is_relative_to(root))
     with open(target, "a") as f:
         f.write(json.dumps({"stage": stage, "files": files}) + "\n")
+
+
+def _xla_counts() -> dict:
+    """torch_xla's totals so far, if a stage of this process has loaded it (light stages never import torch)."""
+    xla = sys.modules.get("rpo.xla")
+    return xla.counts() if xla else {}
 
 
 def _device_name(ctx) -> str:

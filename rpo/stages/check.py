@@ -11,20 +11,25 @@ from __future__ import annotations
 from pathlib import Path
 
 from rpo import artifacts as A
-from rpo.config import Config
+from rpo import family
+from rpo.config import Config, family_keys
 from rpo.stages import StageSpec
 from rpo.subjects import Subject, load_subject
 
 STAGE = StageSpec(
     deps=("${paths.subjects}",),
-    params=("subjects", "paths.subjects", "model.resolution"),
+    params=("subjects", "paths.subjects", "model.resolution", "model.base", "model.vae", *family_keys()),
     outs=("data/checked",),
+    models=("model.base", "model.vae"),  # their model_index.json / config.json say the model family
     per_subject=False,
 )
 
 
 def check_all(root: Path, cfg: Config) -> list[Subject]:
-    """Every subject of `cfg.subjects`, its photos decoded; raises SubjectError / ImageError naming the file."""
+    """Every subject of `cfg.subjects`, its photos decoded, and the parameters against the base model's family
+    (SD 1.x/2.x or SDXL, from its model_index.json: no weights load); raises SubjectError / ImageError naming
+    the file, FamilyError naming the key."""
+    family.check(cfg)
     return [load_subject(Path(root) / cfg.paths.subjects, name, cfg.model.resolution) for name in cfg.subjects]
 
 

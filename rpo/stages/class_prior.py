@@ -23,7 +23,7 @@ STAGE = StageSpec(
     deps=("checked",),
     params=("train.method",),
     outs=("class_prior_dir",),
-    models=("model.base",),
+    models=("model.base", "model.vae"),
     params_if=lambda cfg: GENERATION if cfg is None or cfg.train.method in CLASS_METHODS else (),
 )
 SEED_OFFSET = 3  # prior images use the seed, validation seed + 1, evaluation seed + 2
@@ -38,14 +38,16 @@ def run(ctx) -> Path:
         return out
 
     from rpo.device import pick_device
+    from rpo.family import require_method_fits
     from rpo.generate import generate_jobs, seeded_jobs, stage_pipeline
 
+    pipe = stage_pipeline(ctx.cfg.model, pick_device(ctx.cfg.device))
+    require_method_fits(pipe, ctx.cfg.train.method)
     prompt = class_prompt(ctx.subject.class_noun)
     jobs = seeded_jobs([prompt], cfg.class_images, ctx.cfg.seed + SEED_OFFSET)
     log.info("class_prior: %d images of %r for %s", len(jobs), prompt, ctx.subject.name)
-    images = generate_jobs(stage_pipeline(ctx.cfg.model, pick_device(ctx.cfg.device)), jobs,
-                           steps=cfg.num_inference_steps, guidance=cfg.guidance_scale, resolution=ctx.resolution,
-                           batch_size=cfg.batch_size, desc="class_prior")
+    images = generate_jobs(pipe, jobs, steps=cfg.num_inference_steps, guidance=cfg.guidance_scale,
+                           resolution=ctx.resolution, batch_size=cfg.batch_size, desc="class_prior")
     with A.atomic_dir(out) as tmp:
         rows = []
         for (pi, ii, text, seed), image in zip(jobs, images):

@@ -36,7 +36,7 @@ STAGE = StageSpec(
             "validate.lambda_val", "train.method"),  # train.method: what about.json says the model is
     outs=("eval_dir",),
     metrics=("metrics",),
-    models=("model.base", "reward.model", "evaluate.dino", "evaluate.clip"),
+    models=("model.base", "model.vae", "reward.model", "evaluate.dino", "evaluate.clip"),
 )
 SCORES = ("dino", "clip_i", "clip_t", "align_i", "align_t")
 CACHE = Path(".rpo") / "cache" / "evaluate"
@@ -84,24 +84,22 @@ def measure(ctx, todo: dict[str, Path]) -> None:
 
     ev, jobs = ctx.cfg.evaluate, jobs_of(ctx)
     device = pick_device(ctx.cfg.device)
-    pipe = stage_pipeline(ctx.cfg.model, device)
-    base_unet = pipe.unet
+    base = stage_pipeline(ctx.cfg.model, device)
     refs = ctx.subject.load_images()
     metric_models = MetricModels(ev, device)
     ref_emb = metric_models.reference(refs)
     reward = RewardModel.of(ctx.cfg.reward, refs, ctx.token, device)
     prompts, texts = [j[2] for j in jobs], [strip_token(j[2], ctx.token) for j in jobs]
-    base_text = (pipe.tokenizer, pipe.text_encoder)
-    prompt_cache = PromptCache(pipe, device)  # one text encoding per prompt for both models (same text encoder)
+    selected = ctx.paths.selected / "unet"
+    # one text encoding per prompt for both models, unless the checkpoint trained text-encoder adapters or a token
+    shared_cache = PromptCache(base, device)
     judge = registry.judge(ev.judges, ctx.subject.name, ctx.token)
     for which, entry in todo.items():
-        folder = ctx.paths.selected / "unet"
-        pipe.unet = checkpoints.load(folder, base_unet) if which == "selected" else base_unet
-        pipe.tokenizer, pipe.text_encoder = checkpoints.load_text(folder, *base_text) if which == "selected" else base_text
-        cache = prompt_cache if pipe.text_encoder is base_text[1] else PromptCache(pipe, device)  # a learned token
+        pipe = checkpoints.pipeline(selected, base) if which == "selected" else base
+        own_text = which == "selected" and checkpoints.encodes_prompts_anew(selected)
         images = generate_jobs(pipe, jobs, steps=ev.num_inference_steps, guidance=ev.guidance_scale,
                                resolution=ctx.resolution, batch_size=ev.batch_size, desc=f"evaluate {which}",
-                               cache=cache)
+                               cache=PromptCache(pipe, device) if own_text else shared_cache)
         m = metric_models.score(images, texts, ref_emb)
         ai, at = reward.score(images, prompts)
         with A.atomic_dir(entry) as tmp:

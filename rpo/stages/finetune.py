@@ -19,14 +19,13 @@ import pandas as pd
 
 from rpo import artifacts as A
 from rpo import checkpoints
-from rpo.images import center_square, load_rgb
-from rpo.prompts import instance_prompt, subject_training_prompts
+from rpo.images import center_crop_top_left, center_square, load_rgb
 from rpo.config import train_keys
+from rpo.prompts import instance_prompt, subject_training_prompts
 from rpo.stages import StageSpec
 
 log = logging.getLogger("rpo")
 RESUME = Path(".rpo") / "resume"
-
 
 
 def _params_if(cfg) -> tuple[str, ...]:
@@ -46,16 +45,14 @@ STAGE = StageSpec(
     outs=("checkpoints", "validation_images", "validation"),
     plots=(("train_log", "step", "loss"),),
     params_if=_params_if,
-    models=("model.base", "reward.model"),
+    models=("model.base", "model.vae", "reward.model"),
 )
 
 
 def pair_data(ctx, pipe, device):
-    """The labelled pairs as the training loop samples them: latents and text embeddings computed once; with
+    """The labelled pairs as the training loop samples them: latents and text conditioning computed once; with
     prior preservation the class images too, and for the methods that learn a token the instance prompt's ids."""
-    from rpo.config import TOKEN_METHODS, uses_class_images
-    from rpo.prompts import class_prompt
-    from rpo.train import PairData, encode_images, encode_prompts
+    from rpo.train import PairData, encode_images
 
     table = A.read_table(ctx.paths.labels, A.LABELS).to_pandas()
     manifest = A.read_table(ctx.paths.prior_manifest, A.PRIOR_MANIFEST).to_pandas()
@@ -66,8 +63,26 @@ def pair_data(ctx, pipe, device):
     if missing:
         raise A.ArtifactError(f"{ctx.paths.labels}: pairs name images that are not inputs: {missing[:3]}")
     y = table.pivot(index="draw", columns="pair_id", values="y").sort_index()[pairs["pair_id"]].to_numpy()
-    ref_images = [center_square(im, ctx.resolution) for im in ctx.subject.load_images()]
-    gen_images = [center_square(load_rgb(ctx.root / p), ctx.resolution) for p in gens]
+    ref_photos = ctx.subject.load_images()
+    gen_photos = [load_rgb(ctx.root / p) for p in gens]
+    return PairData(
+        ref_latents=encode_images(pipe.vae, [center_square(im, ctx.resolution) for im in ref_photos], device),
+        gen_latents=encode_images(pipe.vae, [center_square(im, ctx.resolution) for im in gen_photos], device),
+        ref_index=np.array([refs.index(r) for r in pairs["ref_image"]]),
+        gen_index=np.array([gens.index(g) for g in pairs["gen_image"]]),
+        prompt_index=pairs["prompt_index"].to_numpy(), p=pairs["p"].to_numpy(), labels=y,
+        **text_conditioning(ctx, pipe, device), **time_ids(ctx, pipe, ref_photos, gen_photos),
+        **baseline_data(ctx, pipe, device),
+    )
+
+
+def baseline_data(ctx, pipe, device) -> dict:
+    """PairData's fields of the baselines (rpo.methods): prior preservation's class images and class prompt, and
+    the instance prompt's token ids for the methods that run the text encoder at every step; RPO: none."""
+    from rpo.config import TOKEN_METHODS, uses_class_images
+    from rpo.prompts import class_prompt
+    from rpo.train import encode_images, encode_prompts
+
     extras, train = {}, ctx.cfg.train
     if uses_class_images(train):
         classes = A.read_table(ctx.paths.class_prior_manifest, A.PRIOR_MANIFEST).to_pandas()
@@ -81,15 +96,7 @@ def pair_data(ctx, pipe, device):
         tok = pipe.tokenizer
         extras["inst_ids"] = tok(instance_prompt(ctx.token, ctx.subject.class_noun), padding="max_length",
                                  max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
-    return PairData(
-        ref_latents=encode_images(pipe.vae, ref_images, device),
-        gen_latents=encode_images(pipe.vae, gen_images, device),
-        inst_embeds=encode_prompts(pipe, [instance_prompt(ctx.token, ctx.subject.class_noun)], device),
-        prompt_embeds=encode_prompts(pipe, subject_training_prompts(ctx), device),
-        ref_index=np.array([refs.index(r) for r in pairs["ref_image"]]),
-        gen_index=np.array([gens.index(g) for g in pairs["gen_image"]]),
-        prompt_index=pairs["prompt_index"].to_numpy(), p=pairs["p"].to_numpy(), labels=y, **extras,
-    )
+    return extras
 
 
 def add_subject_token(ctx, pipe) -> None:
@@ -97,10 +104,40 @@ def add_subject_token(ctx, pipe) -> None:
     from rpo.embeddings import add_token
 
     init = ctx.cfg.train.initializer_token
-    token_id = add_token(pipe.tokenizer, pipe.text_encoder, ctx.token,
-                         ctx.subject.class_noun if init == "class_noun" else init)
-    log.info("finetune: %r is the new token %d, initialised from %r", ctx.token, token_id,
-             ctx.subject.class_noun if init == "class_noun" else init)
+    init = ctx.subject.class_noun if init == "class_noun" else init
+    token_id = add_token(pipe.tokenizer, pipe.text_encoder, ctx.token, init)
+    log.info("finetune: %r is the new token %d, initialised from %r", ctx.token, token_id, init)
+
+
+def text_conditioning(ctx, pipe, device) -> dict:
+    """PairData's text fields: c_inst and the training prompts encoded once (SDXL: pooled too), and their texts."""
+    from rpo.train import encode_conditioning
+
+    inst, prompts = instance_prompt(ctx.token, ctx.subject.class_noun), subject_training_prompts(ctx)
+    c_inst, c_prompts = encode_conditioning(pipe, [inst], device), encode_conditioning(pipe, prompts, device)
+    return {"inst_embeds": c_inst["embeds"], "prompt_embeds": c_prompts["embeds"], "inst_pooled": c_inst.get("pooled"),
+            "prompt_pooled": c_prompts.get("pooled"), "inst_text": inst, "prompt_texts": tuple(prompts)}
+
+
+def time_ids(ctx, pipe, ref_photos, gen_photos) -> dict:
+    """SDXL's size conditioning of every training image, as diffusers' SDXL DreamBooth script computes it:
+    the photo's own size, where the centre crop of its resized copy starts, the training resolution
+    (`train.time_ids: resolution`: all (res, res), crop (0, 0), as the official train_sdxl.py); SD: none."""
+    import torch
+
+    from rpo import family
+
+    if not family.of(pipe).pooled:
+        return {}
+    res = ctx.resolution
+
+    def ids(im):
+        if ctx.cfg.train.time_ids == "resolution":
+            return family.time_ids((res, res), (0, 0), (res, res))
+        return family.time_ids((im.height, im.width), center_crop_top_left(im.size, res), (res, res))
+
+    return {"ref_time_ids": torch.tensor([ids(im) for im in ref_photos], dtype=torch.float32),
+            "gen_time_ids": torch.tensor([ids(im) for im in gen_photos], dtype=torch.float32)}
 
 
 def _remove_outputs(ctx) -> None:
@@ -115,22 +152,23 @@ class Validator:
     """At each validation step: images of the training prompts, their raw scores, a checkpoint."""
 
     def __init__(self, ctx, pipe, reward, device):
+        from rpo.config import TOKEN_METHODS
         from rpo.generate import PromptCache, seeded_jobs
 
-        from rpo.config import TOKEN_METHODS
-
         self.ctx, self.pipe, self.reward, self.device = ctx, pipe, reward, device
-        v = ctx.cfg.validate
+        v, train = ctx.cfg.validate, ctx.cfg.train
         self.jobs = seeded_jobs(subject_training_prompts(ctx), v.images_per_prompt, ctx.cfg.seed + 1)
         self.prompt_cache = PromptCache(pipe, device)  # validation prompts are fixed: encode them once per run
-        self.learns_token = ctx.cfg.train.method in TOKEN_METHODS  # ... unless the text encoder trains
+        self.learns_token = train.method in TOKEN_METHODS
+        self.text_learns = self.learns_token or train.text_encoder_lora  # ... unless the text encoder trains
         self.records: list[dict] = []
 
     def __call__(self, step: int, unet) -> None:
+        from rpo.family import of
         from rpo.generate import PromptCache, generate_jobs
 
         ctx, v = self.ctx, self.ctx.cfg.validate
-        if self.learns_token:
+        if self.text_learns:  # the prompts' embeddings change every step
             self.prompt_cache = PromptCache(self.pipe, self.device)
         images = generate_jobs(self.pipe, self.jobs, steps=v.num_inference_steps, guidance=v.guidance_scale,
                                resolution=ctx.resolution, batch_size=ctx.cfg.prior.batch_size,
@@ -145,7 +183,8 @@ class Validator:
                                  "path": ctx.rel(folder / f"p{pi:02d}_{ii:03d}.png"),
                                  "align_i": float(a), "align_t": float(b)})
         checkpoints.save(unet, ctx.paths.checkpoints / f"step_{step:05d}", method=ctx.cfg.train.method,
-                         text=(self.pipe.tokenizer, self.pipe.text_encoder) if self.learns_token else None)
+                         text=(self.pipe.tokenizer, self.pipe.text_encoder) if self.learns_token else None,
+                         text_encoders=of(self.pipe).encoders(self.pipe))
         if v.keep != "all":
             checkpoints.prune(ctx.paths.checkpoints, checkpoints.kept_steps(pd.DataFrame(self.records), v))
         log.info("validation step %d: ALIGN-I %.4f, ALIGN-T %.4f", step, float(ai.mean()), float(at.mean()))

@@ -16,7 +16,7 @@ STAGE = StageSpec(
     params=("seed", "unique_token", "model", "prior.images_per_prompt", "prior.num_inference_steps",
             "prior.guidance_scale", "prior.batch_size"),  # not prior.class_images: class_prior's
     outs=("prior_dir",),
-    models=("model.base",),
+    models=("model.base", "model.vae"),
 )
 
 

@@ -14,7 +14,7 @@ log = logging.getLogger("rpo")
 
 STAGE = StageSpec(
     deps=("validation", "checkpoints"),
-    params=("model.base", "validate.lambda_val", "validate.early_stopping"),
+    params=("model.base", "model.vae", "validate.lambda_val", "validate.early_stopping"),
     outs=("selected", "selection"),
     plots=(("validation_curve", "step", "reward"),),
 )
@@ -37,6 +37,6 @@ def run(ctx) -> Path:
     log.info("select: step %d (lambda_val %.2f, early stopping %s)", step, v.lambda_val, v.early_stopping)
     return A.write_json({
         "subject": ctx.subject.name, "step": step, "lambda_val": v.lambda_val,
-        "early_stopping": v.early_stopping, "base_model": ctx.cfg.model.base,
+        "early_stopping": v.early_stopping, "base_model": ctx.cfg.model.base, "vae": ctx.cfg.model.vae,
         "unet": ctx.rel(ctx.paths.selected / "unet"), "curve": curve.to_dict(orient="records"),
     }, ctx.paths.selection)
