@@ -1,7 +1,8 @@
-"""Ablations as a DVC pipeline beside the main one: the paper's Tables 2 and 3, and any plan of rows x seeds.
+"""Ablations as a DVC pipeline beside the main one: the paper's Tables 2 and 3, its baselines, any plan of rows x seeds.
 
-A row is a training run (overrides of the main params, e.g. `train.beta: 0` for pure L_sim)
-and a selection rule (early stopping at a lambda_val, or the last step); a plan runs every row
+A row is a training run (overrides of the main params, e.g. `train.beta: 0` for pure L_sim, or
+`train.method: dreambooth` for a baseline) and a selection rule (early stopping at a lambda_val,
+or the last step); a plan runs every row
 for every subject and seed. Each (row, seed) is a set of overrides, and a stage is re-run for it
 only if the overrides reach it: if the stage reads one of them or reads an output of a stage
 that does (rpo.stages.reached). A reached stage writes under ablations/<the overrides that reach
@@ -108,11 +109,28 @@ def table3(cfg: C.Config) -> list[Row]:
     return [Row(f"lambda_val = {lam:g}", (("train.beta", cfg.train.beta),), True, lam) for lam in cfg.ablate.lambda_vals]
 
 
-def paper_plan(cfg: C.Config, subjects: list[str], tables=TABLES) -> Plan:
-    """Tables 2 and/or 3 for `subjects`, over `ablate.seeds` (default: the main seed)."""
+BASELINES_TITLE = "Baselines: RPO against DreamBooth, Textual Inversion and Custom Diffusion"
+
+
+def baselines(cfg: C.Config, methods) -> list[Row]:
+    """Each baseline (train.method) at its last step and with early stopping, beside full RPO: the paper's comparison."""
+    lam = cfg.ablate.lambda_val
+    out = [Row("full RPO", (("train.beta", cfg.train.beta),), True, lam)]
+    for m in methods:
+        out += [Row(f"{C.METHOD_NAMES[m]}, no early stopping", (("train.method", m),), False, lam),
+                Row(f"{C.METHOD_NAMES[m]}, early stopping", (("train.method", m),), True, lam)]
+    return out
+
+
+def paper_plan(cfg: C.Config, subjects: list[str], tables=TABLES, baseline_methods=()) -> Plan:
+    """Tables 2 and/or 3 for `subjects`, and the baselines of `baseline_methods`, over `ablate.seeds` (default: the
+    main seed)."""
     unknown = [t for t in tables if t not in TABLES]
     if unknown:
         raise P.ParamsError(f"tables {unknown}: the ablations are tables {', '.join(map(str, TABLES))}")
+    if cfg.train.method != "rpo":
+        raise P.ParamsError(f"train.method: the ablations vary RPO's terms; the main training must be rpo, got "
+                            f"{cfg.train.method} (the baselines are rows: rpo ablate --baselines)")
     if cfg.train.beta == 0:
         raise P.ParamsError("train.beta: 0 makes the main training pure L_sim; the ablations compare it with L_pref")
     if cfg.validate.keep == "selectable":
@@ -121,6 +139,8 @@ def paper_plan(cfg: C.Config, subjects: list[str], tables=TABLES) -> Plan:
             raise P.ParamsError(f"ablate: {off} not on the 0.01 grid, whose best checkpoints validate.keep: selectable keeps")
     build = {2: ("Table 2: the terms of RPO", table2), 3: ("Table 3: lambda_val of selection", table3)}
     rows = {build[t][0]: build[t][1](cfg) for t in tables}
+    if baseline_methods:
+        rows[BASELINES_TITLE] = baselines(cfg, baseline_methods)
     main = next((r for rs in rows.values() for r in rs if r.settings() == _main_settings(cfg)), None)
     return Plan(rows, list(cfg.ablate.seeds) or [cfg.seed], subjects, base=main)
 
@@ -177,7 +197,7 @@ def pipeline(root: Path, cfg: C.Config, plan: Plan) -> dict:
                 variant = C.from_dict(P.apply_overrides(C.to_dict(cfg), mine))
                 body = render(stage, variant, root, paths=A.Paths(Path("."), "${item}", roots),
                               cmd=f"rpo {_set(mine)} stage {stage} --subject ${{item}} --ablation",
-                              params=_declared_params(stages.spec(stage).params_for(cfg), set(mine)),
+                              params=_declared_params(stages.spec(stage).params_for(variant), set(mine)),
                               values={"paths.subjects": cfg.paths.subjects})
                 entries[name] = {"foreach": plan.subjects, "do": {"wdir": "..", **body["do"]}}
     entries["report"] = {
@@ -240,7 +260,8 @@ def results(root: Path, cfg: C.Config, plan: Plan) -> pd.DataFrame:
     out = []
     for row, seed, s, over, p in runs(root, cfg, plan):
         metrics = A.read_json(p.metrics)
-        diag = pd.read_csv(p.train_log)[list(DIAGNOSTICS)].mean().to_dict() if p.train_log.exists() else {}
+        steps = pd.read_csv(p.train_log) if p.train_log.exists() else pd.DataFrame()
+        diag = steps[[c for c in DIAGNOSTICS if c in steps]].mean().to_dict()  # RPO's terms: baselines have none
         out.append({"row": row.label, "subject": s, "seed": seed, "variant": stages.slug(over) or "main",
                     **metrics, **{f"train_{k}": v for k, v in diag.items()}})
     return pd.DataFrame(out)
@@ -264,7 +285,8 @@ def summarise(df: pd.DataFrame, plan: Plan) -> dict:
             out[title].append({"row": row.label, "settings": row.settings(), "runs": len(g),
                                "selected_step": stats(g["selected_step"]),
                                **{c: stats(g[c]) for c in cols},
-                               **{k: float(g[f"train_{k}"].mean()) for k in DIAGNOSTICS if f"train_{k}" in g}})
+                               **{k: float(g[f"train_{k}"].mean()) for k in DIAGNOSTICS
+                                  if f"train_{k}" in g and g[f"train_{k}"].notna().any()}})
     base = df[df["row"] == plan.base.label]
     out["base model"] = [{"row": "base model (no fine-tuning)", "runs": len(base),
                           **{c: stats(base[f"base_{c}"]) for c in cols if f"base_{c}" in base}}]
@@ -322,7 +344,8 @@ def cli(args) -> int:
     if args.report and not args.subjects and (root / PLAN).exists():
         print(report(root, cfg, Plan.from_json(A.read_json(root / PLAN))))
         return 0
-    plan = paper_plan(cfg, list(args.subjects or cfg.subjects), args.tables)
+    chosen = () if args.baselines is None else tuple(args.baselines) or C.BASELINE_METHODS  # bare --baselines: all
+    plan = paper_plan(cfg, list(args.subjects or cfg.subjects), args.tables, chosen)
     if args.report:
         print(report(root, cfg, plan))
         return 0

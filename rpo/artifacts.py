@@ -53,6 +53,15 @@ class Paths:
     def prior_manifest(self) -> Path:
         return self.prior_dir / "manifest.parquet"
 
+    # class_prior
+    @property
+    def class_prior_dir(self) -> Path:
+        return self.of("class_prior") / "data" / "class_prior" / self.subject
+
+    @property
+    def class_prior_manifest(self) -> Path:
+        return self.class_prior_dir / "manifest.parquet"
+
     # score
     @property
     def rewards(self) -> Path:

@@ -23,6 +23,7 @@ EPILOG = """examples:
   rpo preset paper                           switch params.yaml to the paper's settings (SD 2.1, ALIGN, 512 px)
   rpo preset paper-sdxl                      the same method on Stable Diffusion XL (LoRA, 1024 px)
   rpo ablate dog --tables 3                  the paper's lambda_val ablation for one subject
+  rpo ablate --tables 2 --baselines          RPO's terms, and DreamBooth, Textual Inversion, Custom Diffusion beside it
   rpo dvc sync                               rewrite dvc.yaml's stages from the code (dependencies, params, outputs)
 
 `dvc repro` runs the whole pipeline for every subject of params.yaml."""
@@ -35,6 +36,7 @@ def _stage_lines() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from rpo.config import BASELINE_METHODS
     from rpo.images import DEFAULT_MAX_SIZE
     from rpo.stages import STAGES
 
@@ -97,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("subjects", nargs="*", help="subjects (default: every one in params.yaml `subjects`)")
     p.add_argument("--tables", type=int, nargs="+", choices=(2, 3), default=[2, 3],
                    help="2: the terms of RPO (L_pref, early stopping); 3: lambda_val of selection")
+    p.add_argument("--baselines", nargs="*", choices=BASELINE_METHODS,
+                   metavar="METHOD", help="add the paper's baselines beside full RPO (no METHOD: all of dreambooth, "
+                   "textual_inversion, custom_diffusion), each at its last step and with early stopping")
     p.add_argument("--dry-run", action="store_true", help="only write ablations/dvc.yaml")
     p.add_argument("--report", action="store_true",
                    help="only the report of finished ablations (reports/ablations.md; the plan of ablations/plan.json)")

@@ -106,6 +106,7 @@ class Prior:
     num_inference_steps: int = key(50, POS)
     guidance_scale: float = key(7.5, _num(0.0))
     batch_size: int = key(16, POS)
+    class_images: int = key(100, POS)  # DreamBooth's class images (diffusers' num_class_images)
 
 
 @dataclass(frozen=True)
@@ -122,8 +123,18 @@ class Labels:
     draws: int = key(8, POS)
 
 
+# train.method: RPO, or one of the paper's baselines on the same data, validation and selection (rpo.methods)
+METHODS = ("rpo", "dreambooth", "textual_inversion", "custom_diffusion")
+BASELINE_METHODS = METHODS[1:]
+METHOD_NAMES = {"rpo": "RPO", "dreambooth": "DreamBooth", "textual_inversion": "Textual Inversion",
+                "custom_diffusion": "Custom Diffusion"}
+TOKEN_METHODS = ("textual_inversion", "custom_diffusion")  # learn a new token's embedding in the text encoder
+CLASS_METHODS = ("dreambooth", "custom_diffusion")  # prior preservation on the base model's class images
+
+
 @dataclass(frozen=True)
 class Train:
+    method: str = key("rpo", _choice(*METHODS))
     max_steps: int = key(400, POS)
     batch_size: int = key(1, POS)
     learning_rate: float = key(5e-6, _num(0.0))
@@ -141,6 +152,34 @@ class Train:
     time_ids: str = key("image", _choice("image", "resolution"), family="sdxl")
     compile: bool = key(False, _flag)
     resume: bool = key(True, _flag)
+    prior_loss_weight: float = key(1.0, _num(0.0))  # w of L_prior (dreambooth, custom_diffusion); 0: no class images
+    ti_learning_rate: float = key(5e-4, _num(0.0))
+    cd_learning_rate: float = key(1e-5, _num(0.0))
+    initializer_token: str = key("class_noun", _text)
+
+
+# the keys of `train` each method reads (rpo.stages.finetune declares only these to DVC): a change of another
+# method's key never re-runs a training
+TRAIN_COMMON = ("train.method", "train.max_steps", "train.batch_size", "train.weight_decay", "train.adam_beta1",
+                "train.adam_beta2", "train.grad_clip", "train.mixed_precision", "train.gradient_checkpointing",
+                "train.compile", "train.resume")
+TRAIN_KEYS = {
+    "rpo": ("train.learning_rate", "train.beta", "train.share_noise", "train.ref_prompt", "train.lora_rank",
+            "train.text_encoder_lora", "train.time_ids"),
+    "dreambooth": ("train.learning_rate", "train.prior_loss_weight", "train.lora_rank"),
+    "textual_inversion": ("train.ti_learning_rate", "train.initializer_token"),
+    "custom_diffusion": ("train.cd_learning_rate", "train.prior_loss_weight", "train.initializer_token"),
+}
+
+
+def train_keys(method: str) -> tuple[str, ...]:
+    """The `train` keys a training with `method` reads."""
+    return TRAIN_COMMON + TRAIN_KEYS[method]
+
+
+def uses_class_images(train: "Train") -> bool:
+    """Does this training read class images (prior preservation with a weight above 0)?"""
+    return train.method in CLASS_METHODS and train.prior_loss_weight > 0
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ U-Net, and of the text encoders where they trained, fused in), in half precision
 `DiffusionPipeline.from_pretrained(folder)` loads without this project; a model card (README.md)
 says what it is and how to prompt it. A LoRA run also leaves the adapter on its own: diffusers'
 format (`pipe.load_lora_weights(folder / "lora")`) and one kohya single-file `.safetensors`
-(`lora_unet_...` keys with `.alpha`) that AUTOMATIC1111, ComfyUI and kohya load.
+(`lora_unet_...` keys with `.alpha`) that AUTOMATIC1111, ComfyUI and kohya load. A Textual Inversion or
+Custom Diffusion run's pipeline carries the learned token in its tokenizer and text encoder, and `adapter/`
+holds the method's own files (`learned_embeds.safetensors`, `pytorch_custom_diffusion_weights.safetensors`).
 The folder is written under a temporary name and renamed, so a killed export leaves nothing that
 looks complete.
 """
@@ -20,11 +22,12 @@ from pathlib import Path
 
 from rpo import artifacts as A
 from rpo import checkpoints
-from rpo.config import to_dict
+from rpo.config import METHOD_NAMES, to_dict
 from rpo.prompts import instance_prompt
 
 log = logging.getLogger("rpo")
 DTYPES = ("fp16", "bf16", "fp32")
+ADAPTER = "adapter"  # Textual Inversion / Custom Diffusion files on their own, beside the full pipeline
 
 
 class ExportError(A.ArtifactError):
@@ -65,14 +68,24 @@ def check_destination(out: Path, overwrite: bool) -> None:
         raise ExportError(f"{out}: already exists (pass --overwrite to replace it)")
 
 
-def model_card(ctx, step: int, base: str, lora: bool, dtype: str) -> str:
+METHOD_TEXT = {
+    "rpo": "RPO (Reward Preference Optimization, arXiv 2407.12164)",
+    "dreambooth": "DreamBooth with prior preservation (arXiv 2208.12242), in the RPO pipeline",
+    "textual_inversion": "Textual Inversion (arXiv 2208.01618; only the token's embedding), in the RPO pipeline",
+    "custom_diffusion": "Custom Diffusion (arXiv 2212.04488; cross-attention k/v and the token), in the RPO pipeline",
+}
+
+
+def model_card(ctx, step: int, base: str, lora: bool, dtype: str, parts: list[str] = ()) -> str:
     metrics = A.read_json(ctx.paths.metrics) if ctx.paths.metrics.exists() else {}
     shown = {k: metrics[k] for k in ("dino", "clip_i", "clip_t", "reward") if k in metrics}
     prompt = f"a {ctx.token} {ctx.subject.class_noun} on the beach"
+    method = ctx.cfg.train.method
     lines = [
-        "---", "library_name: diffusers", f"base_model: {base}", "tags: [rpo, dreambooth, text-to-image]", "---", "",
-        f"# RPO fine-tune of `{ctx.subject.name}` ({ctx.subject.class_noun})", "",
-        f"Fine-tuned from `{base}` with RPO (Reward Preference Optimization, arXiv 2407.12164) on "
+        "---", "library_name: diffusers", f"base_model: {base}",
+        f"tags: [rpo, {method.replace('_', '-')}, text-to-image]", "---", "",
+        f"# {METHOD_NAMES[method]} fine-tune of `{ctx.subject.name}` ({ctx.subject.class_noun})", "",
+        f"Fine-tuned from `{base}` with {METHOD_TEXT[method]} on "
         f"{len(ctx.subject.images)} photos of the subject; checkpoint of step {step}, chosen by "
         + (f"the best mean validation reward at lambda_val {ctx.cfg.validate.lambda_val:g}."
            if ctx.cfg.validate.early_stopping else "the last step (early stopping off)."), "",
@@ -86,6 +99,17 @@ def model_card(ctx, step: int, base: str, lora: bool, dtype: str) -> str:
         lines += ["## The LoRA on its own", "",
                   f"- diffusers: `pipe.load_lora_weights(\"path/to/this/folder/lora\")` on `{base}`;",
                   f"- AUTOMATIC1111, ComfyUI, kohya: `lora/{ctx.subject.name}_kohya.safetensors` (kohya single file).", ""]
+    if parts:
+        lines += [f"## The {METHOD_NAMES[method]} weights on their own", "",
+                  f"`{ADAPTER}/` holds them in diffusers' formats, for the base model `{base}`:", "", "```python"]
+        if checkpoints.CUSTOM in parts:  # diffusers 0.42 ignores the file unless every layer and the pipeline are given
+            lines += ["from safetensors.torch import load_file", "",
+                      f'kv = load_file("path/to/this/folder/{ADAPTER}/{checkpoints.CUSTOM}")',
+                      "# diffusers wants an entry for every attention layer (empty: unchanged), and the pipeline",
+                      'kv |= {n: {} for n in pipe.unet.attn_processors if f"{n}.to_k_custom_diffusion.weight" not in kv}',
+                      "pipe.unet.load_attn_procs(kv, _pipeline=pipe)"]
+        lines += [f'pipe.load_textual_inversion("path/to/this/folder/{ADAPTER}", weight_name="{checkpoints.EMBEDS}")',
+                  "```", ""]
     lines += ["## Evaluation (DreamBench protocol)", "",
               *(f"- {k}: {v:.4f}" for k, v in shown.items()), *([] if shown else ["- not evaluated"]), "",
               "## Training", "", "```json",
@@ -114,7 +138,7 @@ def export(ctx, out: Path, dtype: str = "fp16", step: int | None = None, overwri
     torch_dtype = getattr(torch, _torch_name(dtype))
     log.info("export %s: step %d on %s, %s -> %s", ctx.subject.name, chosen, base, dtype, out)
     base_pipe = load_pipeline(ctx.cfg.model.base, torch.device("cpu"), torch.float32, vae=ctx.cfg.model.vae)
-    pipe = checkpoints.pipeline(source, base_pipe)  # SD or SDXL; LoRA (U-Net, text encoders) fused in
+    pipe = checkpoints.pipeline(source, base_pipe)  # SD or SDXL; LoRA (U-Net, text encoders) fused in, or a learned token
     lora = bool(checkpoints.lora_parts(source))
     with A.atomic_dir(out) as tmp:
         pipe.to(torch_dtype).save_pretrained(tmp, safe_serialization=True)
@@ -124,7 +148,12 @@ def export(ctx, out: Path, dtype: str = "fp16", step: int | None = None, overwri
             (tmp / "lora").mkdir()
             shutil.copy2(source / checkpoints.LORA, tmp / "lora" / checkpoints.LORA)
             checkpoints.save_kohya(source, tmp / "lora" / f"{ctx.subject.name}_kohya.safetensors")
-        (tmp / "README.md").write_text(model_card(ctx, chosen, base, lora, dtype))
+        parts = [f for f in (checkpoints.CUSTOM, checkpoints.EMBEDS) if (source / f).exists()]
+        if parts:  # the baseline's own files, for diffusers' loaders on the base model
+            (tmp / ADAPTER).mkdir()
+            for f in parts:
+                shutil.copy2(source / f, tmp / ADAPTER / f)
+        (tmp / "README.md").write_text(model_card(ctx, chosen, base, lora, dtype, parts))
     return out
 
 

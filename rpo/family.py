@@ -194,6 +194,7 @@ def check(cfg) -> Family | None:
             if only != family.name and get(values, key) != C.default(key):
                 errors.append(f"{key}: {TITLES[only]} only, and model.base {cfg.model.base} is {family.title} "
                               f"(remove it or set the default {C.default(key)!r})")
+        errors += method_fits(family, cfg.train.method)
         if cfg.model.vae != "base":
             errors += _vae_fits(cfg.model.vae, cfg.model.base, family)
     except IndexUnavailable as e:
@@ -205,6 +206,23 @@ def check(cfg) -> Family | None:
         log.warning("train.lora_rank 0 fine-tunes SDXL's whole U-Net (2.6 B weights: about 52 GiB of GPU memory); "
                     "SDXL is fine-tuned with LoRA (rpo preset paper-sdxl: rank 32)")
     return family
+
+
+def method_fits(family: Family, method: str) -> list[str]:
+    """The baselines (rpo.methods) condition the U-Net as SD 1.x/2.x does (one text encoder, no pooled embedding
+    or time ids): on SDXL only rpo trains."""
+    if family.pooled and method != "rpo":
+        return [f"train.method: {method} trains Stable Diffusion 1.x/2.x only, and the base model is {family.title} "
+                f"(SDXL trains with rpo)"]
+    return []
+
+
+def require_method_fits(pipe, method: str) -> None:
+    """method_fits of a loaded pipeline: the stages that train or draw for a baseline refuse SDXL even when DVC
+    did not re-run the check stage (it does not read train.method, so that a method change re-runs no prior)."""
+    errors = method_fits(of(pipe), method)
+    if errors:
+        raise FamilyError(errors[0])
 
 
 def _vae_fits(vae: str, base: str, family: Family) -> list[str]:

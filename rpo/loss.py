@@ -38,3 +38,16 @@ def rpo_loss(*, l_theta_ref_inst, l_ref_ref, l_theta_ref, l_ref_gen, l_theta_gen
     l_sim = similarity_loss(l_theta_ref_inst)
     l_pref = preference_loss(delta, y)
     return {"loss": l_sim + l_pref, "l_sim": l_sim, "l_pref": l_pref, "delta_abs": delta.detach().abs().mean()}
+
+
+def prior_preservation_loss(*, l_theta_inst, l_theta_prior=None, weight: float) -> dict:
+    """L = L_sim + w * L_prior, DreamBooth's prior preservation (diffusers' train_dreambooth.py).
+
+    L_prior = mean l_theta(x_class, c_class) over the base model's images of the class prompt;
+    without class images (w = 0, or Textual Inversion) L = L_sim.
+    """
+    l_sim = similarity_loss(l_theta_inst)
+    if l_theta_prior is None:
+        return {"loss": l_sim, "l_sim": l_sim}
+    l_prior = l_theta_prior.mean()
+    return {"loss": l_sim + weight * l_prior, "l_sim": l_sim, "l_prior": l_prior}

@@ -83,8 +83,13 @@ def validate(params: dict, source: str = "params.yaml") -> dict:
 
 def _combinations(params: dict) -> list[str]:
     """Keys that are valid alone but not together (the model family's keys are checked by `rpo check`)."""
-    if get(params, "train.text_encoder_lora") and get(params, "train.lora_rank") == 0:
+    method, rank = get(params, "train.method"), get(params, "train.lora_rank")
+    if method in C.TOKEN_METHODS and rank > 0:
+        return [f"train.lora_rank: must be 0 with train.method {method} (it trains no LoRA adapters), got {rank}"]
+    if get(params, "train.text_encoder_lora") and rank == 0:
         return ["train.text_encoder_lora: needs train.lora_rank > 0 (the text encoders' adapters have that rank)"]
+    if get(params, "train.text_encoder_lora") and method != "rpo":
+        return [f"train.text_encoder_lora: RPO only, got train.method {method}"]
     return []
 
 

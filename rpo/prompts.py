@@ -49,6 +49,11 @@ def instance_prompt(token: str, class_noun: str) -> str:
     return f"a photo of {token} {class_noun}"
 
 
+def class_prompt(class_noun: str) -> str:
+    """The instance prompt without V: DreamBooth's class prompt, of the class images of prior preservation."""
+    return f"a photo of {class_noun}"
+
+
 def strip_token(prompt: str, token: str) -> str:
     """Remove the unique token V (a whole word) so encoders that never learned it see plain text."""
     out = re.sub(rf"(?<!\S){re.escape(token)}(?!\S)", " ", prompt)

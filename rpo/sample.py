@@ -47,7 +47,8 @@ def check_request(n: int, steps: int, guidance: float, batch_size: int) -> None:
 
 
 def pipeline_for(ctx, step: int | None, model: Path | None):
-    """The fine-tuned pipeline: an exported folder, or the base model with the selected (or a step's) U-Net."""
+    """The fine-tuned pipeline: an exported folder, or the base model with the selected (or a step's) checkpoint:
+    its U-Net (or LoRA), and its learned token (Textual Inversion, Custom Diffusion)."""
     from rpo import checkpoints
     from rpo.device import pick_device, pick_dtype
     from rpo.export import checkpoint_of

@@ -39,6 +39,11 @@ class PairData:
     prompt_index: np.ndarray
     p: np.ndarray
     labels: np.ndarray  # (draws, n_pairs)
+    # the baselines' extras (rpo.methods): prior preservation's class images, and the instance prompt's token ids
+    # for the methods that run the text encoder at every step
+    class_latents: torch.Tensor | None = None  # (n_class, C, h, w)
+    class_embeds: torch.Tensor | None = None  # (1, L, D): the class prompt
+    inst_ids: torch.Tensor | None = None  # (1, L)
     inst_pooled: torch.Tensor | None = None  # (1, P): SDXL's pooled c_inst
     prompt_pooled: torch.Tensor | None = None  # (n_prompts, P)
     ref_time_ids: torch.Tensor | None = None  # (n_ref, 6): SDXL's original size, crop, target size per image
@@ -56,6 +61,15 @@ class PairData:
         epoch, k = divmod(step, steps_per_epoch)
         order = np.random.default_rng([seed, epoch]).permutation(self.n_pairs)
         return order[k * batch_size : (k + 1) * batch_size], epoch % self.labels.shape[0]
+
+    def class_batch(self, step: int, batch_size: int, seed: int, device) -> dict:
+        """Class images of a 0-based step: a seeded permutation of them per pass, as many as the step's pairs."""
+        n = len(self.class_latents)
+        start = step * batch_size
+        idx = [np.random.default_rng([seed, e, 1]).permutation(n)[k] for e, k in (divmod(i, n) for i in
+               range(start, start + batch_size))]
+        return {"z_class": self.class_latents[idx].to(device),
+                "c_class": self.class_embeds.expand(batch_size, -1, -1).to(device)}
 
     def batch(self, idx: np.ndarray, draw: int, device) -> dict:
         out = {
@@ -272,18 +286,19 @@ class TextAdapters:
         return out
 
 
-def trainable_unets(unet, cfg: Train, device, ref_dtype):
-    """(eps_theta, eps_ref or None when beta = 0).
+def trainable_unets(unet, cfg: Train, device, ref_dtype, reference: bool | None = None):
+    """(eps_theta, eps_ref or None when beta = 0, or when `reference` is False).
 
     Full fine-tuning: fp32 master weights (autocast gives mixed precision) and a frozen copy in
     `ref_dtype`. LoRA: the base weights stay frozen in the autocast precision, no second copy.
     """
+    reference = cfg.beta > 0 if reference is None else reference
     if cfg.lora_rank > 0:
         unet = add_lora(unet.to(device, pick_dtype(cfg.mixed_precision, device)), cfg.lora_rank)
-        ref = AdaptersOff(unet) if cfg.beta > 0 else None
+        ref = AdaptersOff(unet) if reference else None
     else:
         unet = unet.to(device, torch.float32).requires_grad_(True)
-        ref = frozen_reference(unet, ref_dtype) if cfg.beta > 0 else None
+        ref = frozen_reference(unet, ref_dtype) if reference else None
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     if cfg.compile:
@@ -298,31 +313,35 @@ class TrainingState:
     """Everything a stopped run needs to go on exactly as if it had not stopped (rpo.stages.finetune.Resume)."""
 
     step: int
-    weights: dict  # the trainable weights in fp32: the whole U-Net, or the adapters under LoRA
+    weights: dict  # the trainable weights in fp32: the whole U-Net, the adapters under LoRA, a baseline's (rpo.methods)
     optimizer: dict
     scaler: dict
     generator: torch.Tensor  # the noise and timestep generator's state
 
 
+# the progress bar's loss terms, those a method logs (RPO: L_pref and Delta; prior preservation: L_prior)
+POSTFIX = (("loss", ".4f"), ("l_pref", ".4f"), ("l_prior", ".4f"), ("delta_abs", ".2e"))
+
+
 def train(pipe, data: PairData, cfg: Train, *, validate_every: int, seed: int, device, ref_dtype, on_validate,
           on_log, resume_from: TrainingState | None = None, on_checkpoint=None) -> None:
-    """Fine-tune pipe.unet in place; on_validate(step, unet) at each validation step, on_log(row) every step.
+    """Fine-tune pipe in place with `cfg.method`; on_validate(step, unet) at each validation step, on_log(row) every step.
 
     `ref_dtype` (model.dtype) is the precision of everything that runs without gradients: the frozen
     reference U-Net and the validation images; `cfg.mixed_precision` that of the training step.
     `resume_from` goes on from a saved state; `on_checkpoint(state)` receives one after each validation.
     """
+    from rpo.methods import setup
+
     for frozen in (pipe.vae, *family.of(pipe).encoders(pipe).values()):
         frozen.requires_grad_(False)
-    unet, ref_unet = trainable_unets(pipe.unet, cfg, device, ref_dtype)  # eps_ref from the base, before any resume
-    train_dtype = pick_dtype(cfg.mixed_precision, device)
-    text = TextAdapters(pipe, cfg.lora_rank, device, train_dtype) if cfg.text_encoder_lora else None
-    named = {f"unet.{n}": p for n, p in unet.named_parameters() if p.requires_grad}
-    named.update(text.named_parameters() if text else {})
+    method = setup(pipe, cfg, device, ref_dtype)  # what trains (eps_ref from the base, before any resume)
+    unet, named = method.unet, method.trainable()
     params = list(named.values())
     scheduler = training_scheduler(pipe)
-    opt = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
+    opt = torch.optim.AdamW(params, lr=method.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                             weight_decay=cfg.weight_decay)
+    train_dtype = pick_dtype(cfg.mixed_precision, device)
     autocast = _autocast(train_dtype, device)
     # fp16 gradients underflow without loss scaling; bf16 and fp32 need none (the scaler is then a no-op)
     scaler = torch.amp.GradScaler(device.type, enabled=train_dtype == torch.float16)
@@ -331,34 +350,26 @@ def train(pipe, data: PairData, cfg: Train, *, validate_every: int, seed: int, d
     if resume_from is not None:
         start = _restore(resume_from, named, opt, scaler, generator)
     checks = set(validation_steps(cfg.max_steps, validate_every))
-    log.info("training %d steps on %d pairs (batch %d, beta %g, %s, %d trainable weights), validating at steps %s%s",
-             cfg.max_steps, data.n_pairs, cfg.batch_size, cfg.beta,
-             (f"LoRA rank {cfg.lora_rank}" + (" (U-Net and text encoders)" if text else "")) if cfg.lora_rank
-             else "full U-Net", sum(p.numel() for p in params),
-             sorted(checks), f"; resuming after step {start}" if start else "")
+    log.info("training %d steps on %d pairs (batch %d, %s), validating at steps %s%s", cfg.max_steps, data.n_pairs,
+             cfg.batch_size, method.describe(), sorted(checks), f"; resuming after step {start}" if start else "")
     bar = tqdm(range(start + 1, cfg.max_steps + 1), desc="finetune", unit="step", initial=start, total=cfg.max_steps)
 
     def log_row(row: dict) -> None:
         on_log(row)
-        bar.set_postfix(loss=f"{row['loss']:.4f}", l_pref=f"{row['l_pref']:.4f}", delta=f"{row['delta_abs']:.2e}")
+        bar.set_postfix({k: format(row[k], f) for k, f in POSTFIX if k in row})  # each method logs its own terms
 
     steps = xla.StepLog(device, log_row)  # every step's row; read from the device every few steps on XLA
     for step in bar:
         unet.train()
-        idx, draw = data.batch_indices(step - 1, cfg.batch_size, seed)
-        batch = data.batch(idx, draw, device)
-        if text:
-            with autocast():
-                batch = text.condition(batch)
-        out = rpo_step_losses(unet, ref_unet, scheduler, batch, beta=cfg.beta,
-                              share_noise=cfg.share_noise, ref_prompt=cfg.ref_prompt, generator=generator,
-                              autocast=autocast)
+        out = method.losses(data, step, seed, device, scheduler, generator, autocast)
         opt.zero_grad(set_to_none=True)
         scaler.scale(out["loss"]).backward()
+        method.mask_gradients()
         scaler.unscale_(opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
         scaler.step(opt)
         scaler.update()
+        method.after_step()
         xla.mark_step(device)  # one graph per step on XLA: forward, backward and update
         steps.add(step, {**out, "grad_norm": grad_norm})
         if step in checks:

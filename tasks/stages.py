@@ -41,6 +41,12 @@ def prior(workspace: Path, stage: str) -> dict:
     return run_stage(workspace, stage)
 
 
+@task(name="class_prior", tags=[GPU], **_OPTIONS)
+def class_prior(workspace: Path, stage: str) -> dict:
+    """DreamBooth's class images (an empty manifest, no model, unless train.method uses prior preservation)."""
+    return run_stage(workspace, stage)
+
+
 @task(name="score", tags=[GPU], **_OPTIONS)
 def score(workspace: Path, stage: str) -> dict:
     return run_stage(workspace, stage)
@@ -79,4 +85,5 @@ def checkout(workspace: Path, locked: list[dict]) -> None:
     dvc.dvc(Path(workspace), "pull", *(e["stage"] for e in locked), log=get_run_logger())
 
 
-SUBJECT_STAGES = tuple({t.name: t for t in (prior, score, labels, finetune, select, evaluate)}[s] for s in STAGES[1:])
+SUBJECT_STAGES = tuple({t.name: t for t in (prior, class_prior, score, labels, finetune, select, evaluate)}[s]
+                       for s in STAGES[1:])

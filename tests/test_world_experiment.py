@@ -1,4 +1,4 @@
-"""The world experiment runs end to end (one subject, tiny counts) on rpo ablate's engine and report."""
+"""The world experiment runs end to end (one subject, tiny counts, every method) on rpo ablate's engine and report."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO
-from rpo_world.experiment import TITLE, rows
+from rpo_world.experiment import METHODS, TITLE, rows
 
 
 def test_two_training_runs_serve_eight_rows():
@@ -20,30 +20,41 @@ def test_two_training_runs_serve_eight_rows():
         "L_sim (beta=0), early stopping lambda_val=0.5", "L_sim (beta=0), early stopping lambda_val=0.7",
         "RPO beta=1, no early stopping", "RPO beta=1, early stopping lambda_val=0.3",
         "RPO beta=1, early stopping lambda_val=0.5", "RPO beta=1, early stopping lambda_val=0.7"]
-    assert {x.training for x in r} == {(("train.beta", 0.0),), (("train.beta", 1.0),)}
+    assert {x.training for x in r} == {(("train.beta", 0.0), ("train.method", "rpo")),
+                                       (("train.beta", 1.0), ("train.method", "rpo"))}
+
+
+def test_every_method_is_one_training_run_with_and_without_early_stopping():
+    r = rows([0.3], [1.0, 0.1], list(METHODS))
+    trainings = list(dict.fromkeys(x.training for x in r))
+    assert trainings == [(("train.beta", 0.0), ("train.method", "rpo")), (("train.beta", 1.0), ("train.method", "rpo")),
+                         (("train.beta", 0.1), ("train.method", "rpo")), (("train.method", "dreambooth"),),
+                         (("train.method", "textual_inversion"),), (("train.method", "custom_diffusion"),)]
+    assert all([x.early_stopping for x in r if x.training == t] == [False, True] for t in trainings)
 
 
 @pytest.mark.slow
-def test_experiment_reports_every_row_with_the_judges(tmp_path):
+def test_experiment_reports_every_method_with_the_judges(tmp_path):
     out = tmp_path / "exp"
-    proc = subprocess.run([sys.executable, "-m", "rpo_world.cli", "experiment", "--quick", "--subjects",
-                           "striped_star_toy", "--seeds", "0", "--lambdas", "0.3", "--betas", "1", "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True)
+    cmd = [sys.executable, "-m", "rpo_world.cli", "experiment", "--quick", "--subjects", "striped_star_toy", "--seeds",
+           "0", "--lambdas", "0.3", "--betas", "1", "--methods", *METHODS, "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "experiment.json").read_text())
     table = report["tables"][TITLE]
-    assert [r["row"] for r in table] == ["L_sim (beta=0), no early stopping", "L_sim (beta=0), early stopping lambda_val=0.3",
-                                         "RPO beta=1, no early stopping", "RPO beta=1, early stopping lambda_val=0.3"]
+    tags = ["L_sim (beta=0)", "RPO beta=1", "DreamBooth (prior preservation)", "Textual Inversion", "Custom Diffusion"]
+    assert [r["row"] for r in table] == [f"{t}, {rule}" for t in tags
+                                         for rule in ("no early stopping", "early stopping lambda_val=0.3")]
     runs = pd.DataFrame(report["runs"])
-    for col in ("judge_subject", "judge_prompt", "judge_context", "dino", "clip_i", "clip_t"):
+    for col in ("judge_subject", "judge_prompt", "judge_both", "judge_home", "dino", "clip_i", "clip_t"):
         assert runs[col].between(-1, 1).all(), col
     (base,) = report["tables"]["base model"]
     assert base["judge_subject"]["mean"] <= 0.5  # the base model cannot draw the subject
     assert (runs["selected_step"] > 0).all()
     text = (out / "experiment.md").read_text()
-    assert "| RPO beta=1, early stopping lambda_val=0.3 | 1 |" in text and "judge_subject" in text
-    assert "mean abs Delta" in text  # what the preference term did in each training
-    again = subprocess.run([sys.executable, "-m", "rpo_world.cli", "experiment", "--quick", "--subjects",
-                            "striped_star_toy", "--seeds", "0", "--lambdas", "0.3", "--betas", "1", "--out", str(out)],
-                           cwd=REPO, capture_output=True, text=True)
+    assert "| Custom Diffusion, early stopping lambda_val=0.3 | 1 |" in text and "judge_subject" in text
+    assert "mean abs Delta" in text  # what the preference term did in each RPO training
+    for tag, method in zip(tags[2:], METHODS[2:]):  # each baseline is its own training
+        assert runs[runs["row"].str.startswith(tag)]["variant"].str.contains(f"train.method-{method}").all(), tag
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 0 and "Running stage" not in again.stdout + again.stderr  # finished work is kept

@@ -25,9 +25,10 @@ log = logging.getLogger("rpo")
 SUMMARIES = {
     "check": "params.yaml against the base model's family, every subject's folder and photos; no weights load",
     "prior": "the base model's images of the training prompts, and their manifest",
+    "class_prior": "the base model's images of the class prompt, for prior preservation (dreambooth, custom_diffusion)",
     "score": "the reward model's ALIGN-I and ALIGN-T of the references and the prior images, to Parquet",
     "labels": "preference pairs with Bradley-Terry P(x_ref > x_gen | c) and seeded label draws",
-    "finetune": "RPO fine-tuning with periodic validation images, scores and checkpoints",
+    "finetune": "fine-tuning (RPO or a baseline, train.method) with periodic validation images, scores and checkpoints",
     "select": "the checkpoint with the best mean validation reward at lambda_val (or the last one)",
     "evaluate": "DreamBench metrics (DINO, CLIP-I, CLIP-T) and images of the selected and the base model",
     "report": "the DreamBench summary over all subjects: tables, image grids, validation curves",
@@ -51,10 +52,11 @@ class StageSpec:
     metrics: tuple[str, ...] = ()
     plots: tuple[tuple[str, str, str], ...] = ()  # (output, x, y)
     models: tuple[str, ...] = ()  # params keys naming the models the stage loads (their folders are deps if local)
-    params_if: object = None  # cfg -> more params keys the stage reads with this config (e.g. a numeric validate.keep)
+    params_if: object = None  # cfg -> more params keys the stage reads with this config (e.g. a numeric validate.keep);
+    # cfg None -> every key it may read
 
     def params_for(self, cfg) -> tuple[str, ...]:
-        return self.params + (tuple(self.params_if(cfg)) if self.params_if and cfg is not None else ())
+        return self.params + (tuple(self.params_if(cfg)) if self.params_if else ())
     per_subject: bool = True
 
 
@@ -79,16 +81,30 @@ def producer(output: str) -> str | None:
 
 
 def reached(overrides: dict, cfg=None) -> dict[str, dict]:
-    """Per subject stage, the overrides that change its outputs: those it reads and those of the stages it reads from."""
+    """Per subject stage, the overrides that change its outputs: those it reads and those of the stages it reads from.
+
+    What a stage reads is judged under the overridden config (a row with `train.method: dreambooth` makes
+    `class_prior` read the class-image keys too).
+    """
+    variant = _overridden(cfg, overrides)
     out: dict[str, dict] = {}
     for name in SUBJECT_STAGES:
-        mine = {k: v for k, v in overrides.items() if reads(name, k, cfg)}
+        mine = {k: v for k, v in overrides.items() if reads(name, k, variant)}
         for dep in spec(name).deps:
             up = producer(dep)
             if up:
                 mine.update(out[up])
         out[name] = dict(sorted(mine.items()))
     return out
+
+
+def _overridden(cfg, overrides: dict):
+    if cfg is None or not overrides:
+        return cfg
+    from rpo.config import from_dict, to_dict
+    from rpo.params import apply_overrides
+
+    return from_dict(apply_overrides(to_dict(cfg), overrides))
 
 
 def slug(overrides: dict) -> str:

@@ -33,7 +33,7 @@ log = logging.getLogger("rpo")
 STAGE = StageSpec(
     deps=("${paths.subjects}/${item}", "selected", "selection"),
     params=("seed", "unique_token", "model", "reward.backend", "reward.model", "reward.batch_size", "evaluate",
-            "validate.lambda_val"),
+            "validate.lambda_val", "train.method"),  # train.method: what about.json says the model is
     outs=("eval_dir",),
     metrics=("metrics",),
     models=("model.base", "model.vae", "reward.model", "evaluate.dino", "evaluate.clip"),
@@ -91,12 +91,12 @@ def measure(ctx, todo: dict[str, Path]) -> None:
     reward = RewardModel.of(ctx.cfg.reward, refs, ctx.token, device)
     prompts, texts = [j[2] for j in jobs], [strip_token(j[2], ctx.token) for j in jobs]
     selected = ctx.paths.selected / "unet"
-    # one text encoding per prompt for both models, unless the checkpoint trained text-encoder adapters too
+    # one text encoding per prompt for both models, unless the checkpoint trained text-encoder adapters or a token
     shared_cache = PromptCache(base, device)
     judge = registry.judge(ev.judges, ctx.subject.name, ctx.token)
     for which, entry in todo.items():
         pipe = checkpoints.pipeline(selected, base) if which == "selected" else base
-        own_text = which == "selected" and checkpoints.lora_parts(selected) - {"unet"}
+        own_text = which == "selected" and checkpoints.encodes_prompts_anew(selected)
         images = generate_jobs(pipe, jobs, steps=ev.num_inference_steps, guidance=ev.guidance_scale,
                                resolution=ctx.resolution, batch_size=ev.batch_size, desc=f"evaluate {which}",
                                cache=PromptCache(pipe, device) if own_text else shared_cache)
@@ -171,5 +171,5 @@ def run(ctx) -> Path:
 def about(ctx, selection: dict, metric_description: dict) -> dict:
     """What the numbers are of: the subject, the selection rule, the models and the preprocessing."""
     return {"subject": ctx.subject.name, "class_noun": ctx.subject.class_noun, "live": ctx.subject.live,
-            "early_stopping": selection["early_stopping"],
+            "early_stopping": selection["early_stopping"], "method": ctx.cfg.train.method,
             "models": {"base_model": ctx.cfg.model.base, "reward_model": ctx.cfg.reward.model, **metric_description}}

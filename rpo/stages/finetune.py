@@ -1,4 +1,5 @@
-"""finetune: train the U-Net with L = L_sim + L_pref; validate, score and checkpoint every `validate.every` steps.
+"""finetune: train with `train.method` (RPO: L = L_sim + L_pref; or a baseline, rpo.methods); validate, score and
+checkpoint every `validate.every` steps.
 
 Validation records raw ALIGN-I and ALIGN-T per image, never a reward at some lambda: lambda_val
 is selection's key, so changing it re-runs `select` and `evaluate`, never training.
@@ -19,27 +20,38 @@ import pandas as pd
 from rpo import artifacts as A
 from rpo import checkpoints
 from rpo.images import center_crop_top_left, center_square, load_rgb
+from rpo.config import train_keys
 from rpo.prompts import instance_prompt, subject_training_prompts
 from rpo.stages import StageSpec
 
 log = logging.getLogger("rpo")
 RESUME = Path(".rpo") / "resume"
 
+
+def _params_if(cfg) -> tuple[str, ...]:
+    """The `train` keys of the run's method (another method's keys never re-run it); a numeric validate.keep prunes
+    all but the checkpoint select would pick, so it then reads select's keys too."""
+    if cfg is None:
+        return ("train", "validate.lambda_val", "validate.early_stopping")
+    keep = ("validate.lambda_val", "validate.early_stopping") if isinstance(cfg.validate.keep, int) else ()
+    return train_keys(cfg.train.method) + keep
+
+
 STAGE = StageSpec(
-    deps=("${paths.subjects}/${item}", "prior_dir", "labels"),
-    params=("seed", "unique_token", "model", "train", "prior.batch_size", "reward.backend", "reward.model",
+    deps=("${paths.subjects}/${item}", "prior_dir", "class_prior_dir", "labels"),
+    params=("seed", "unique_token", "model", "prior.batch_size", "reward.backend", "reward.model",
             "reward.batch_size", "validate.every", "validate.images_per_prompt", "validate.num_inference_steps",
             "validate.guidance_scale", "validate.keep"),
     outs=("checkpoints", "validation_images", "validation"),
     plots=(("train_log", "step", "loss"),),
-    # a numeric validate.keep prunes all but the checkpoint select would pick: it then reads select's keys
-    params_if=lambda cfg: ("validate.lambda_val", "validate.early_stopping") if isinstance(cfg.validate.keep, int) else (),
+    params_if=_params_if,
     models=("model.base", "model.vae", "reward.model"),
 )
 
 
 def pair_data(ctx, pipe, device):
-    """The labelled pairs as the training loop samples them: latents and text conditioning computed once."""
+    """The labelled pairs as the training loop samples them: latents and text conditioning computed once; with
+    prior preservation the class images too, and for the methods that learn a token the instance prompt's ids."""
     from rpo.train import PairData, encode_images
 
     table = A.read_table(ctx.paths.labels, A.LABELS).to_pandas()
@@ -60,7 +72,41 @@ def pair_data(ctx, pipe, device):
         gen_index=np.array([gens.index(g) for g in pairs["gen_image"]]),
         prompt_index=pairs["prompt_index"].to_numpy(), p=pairs["p"].to_numpy(), labels=y,
         **text_conditioning(ctx, pipe, device), **time_ids(ctx, pipe, ref_photos, gen_photos),
+        **baseline_data(ctx, pipe, device),
     )
+
+
+def baseline_data(ctx, pipe, device) -> dict:
+    """PairData's fields of the baselines (rpo.methods): prior preservation's class images and class prompt, and
+    the instance prompt's token ids for the methods that run the text encoder at every step; RPO: none."""
+    from rpo.config import TOKEN_METHODS, uses_class_images
+    from rpo.prompts import class_prompt
+    from rpo.train import encode_images, encode_prompts
+
+    extras, train = {}, ctx.cfg.train
+    if uses_class_images(train):
+        classes = A.read_table(ctx.paths.class_prior_manifest, A.PRIOR_MANIFEST).to_pandas()
+        if classes.empty:
+            raise A.ArtifactError(f"{ctx.paths.class_prior_manifest}: no class images (run class_prior with "
+                                  f"train.method {train.method})")
+        extras["class_latents"] = encode_images(
+            pipe.vae, [center_square(load_rgb(ctx.root / p), ctx.resolution) for p in classes["path"]], device)
+        extras["class_embeds"] = encode_prompts(pipe, [class_prompt(ctx.subject.class_noun)], device)
+    if train.method in TOKEN_METHODS:
+        tok = pipe.tokenizer
+        extras["inst_ids"] = tok(instance_prompt(ctx.token, ctx.subject.class_noun), padding="max_length",
+                                 max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+    return extras
+
+
+def add_subject_token(ctx, pipe) -> None:
+    """Textual Inversion, Custom Diffusion: V becomes a new token, its row initialised as the scripts do."""
+    from rpo.embeddings import add_token
+
+    init = ctx.cfg.train.initializer_token
+    init = ctx.subject.class_noun if init == "class_noun" else init
+    token_id = add_token(pipe.tokenizer, pipe.text_encoder, ctx.token, init)
+    log.info("finetune: %r is the new token %d, initialised from %r", ctx.token, token_id, init)
 
 
 def text_conditioning(ctx, pipe, device) -> dict:
@@ -106,13 +152,15 @@ class Validator:
     """At each validation step: images of the training prompts, their raw scores, a checkpoint."""
 
     def __init__(self, ctx, pipe, reward, device):
+        from rpo.config import TOKEN_METHODS
         from rpo.generate import PromptCache, seeded_jobs
 
-        self.ctx, self.pipe, self.reward = ctx, pipe, reward
-        v = ctx.cfg.validate
+        self.ctx, self.pipe, self.reward, self.device = ctx, pipe, reward, device
+        v, train = ctx.cfg.validate, ctx.cfg.train
         self.jobs = seeded_jobs(subject_training_prompts(ctx), v.images_per_prompt, ctx.cfg.seed + 1)
-        self.device = device
         self.prompt_cache = PromptCache(pipe, device)  # validation prompts are fixed: encode them once per run
+        self.learns_token = train.method in TOKEN_METHODS
+        self.text_learns = self.learns_token or train.text_encoder_lora  # ... unless the text encoder trains
         self.records: list[dict] = []
 
     def __call__(self, step: int, unet) -> None:
@@ -120,7 +168,7 @@ class Validator:
         from rpo.generate import PromptCache, generate_jobs
 
         ctx, v = self.ctx, self.ctx.cfg.validate
-        if ctx.cfg.train.text_encoder_lora:  # the encoders learn: their embeddings of the prompts change every step
+        if self.text_learns:  # the prompts' embeddings change every step
             self.prompt_cache = PromptCache(self.pipe, self.device)
         images = generate_jobs(self.pipe, self.jobs, steps=v.num_inference_steps, guidance=v.guidance_scale,
                                resolution=ctx.resolution, batch_size=ctx.cfg.prior.batch_size,
@@ -134,7 +182,8 @@ class Validator:
             self.records.append({"step": step, "prompt_index": pi, "prompt": prompt, "image_index": ii, "seed": seed,
                                  "path": ctx.rel(folder / f"p{pi:02d}_{ii:03d}.png"),
                                  "align_i": float(a), "align_t": float(b)})
-        checkpoints.save(unet, ctx.paths.checkpoints / f"step_{step:05d}",
+        checkpoints.save(unet, ctx.paths.checkpoints / f"step_{step:05d}", method=ctx.cfg.train.method,
+                         text=(self.pipe.tokenizer, self.pipe.text_encoder) if self.learns_token else None,
                          text_encoders=of(self.pipe).encoders(self.pipe))
         if v.keep != "all":
             checkpoints.prune(ctx.paths.checkpoints, checkpoints.kept_steps(pd.DataFrame(self.records), v))
@@ -159,8 +208,9 @@ class Resume:
         from rpo.stages import spec
 
         c, ctx = to_dict(self.ctx.cfg), self.ctx
-        inputs = [ctx.paths.labels, ctx.paths.prior_manifest, *ctx.subject.images, *sorted(ctx.paths.prior_dir.glob("*.png"))]
-        parts = {"params": {k: P.get(c, k) for k in spec("finetune").params}, "device": c["device"],
+        inputs = [ctx.paths.labels, ctx.paths.prior_manifest, *ctx.subject.images, *sorted(ctx.paths.prior_dir.glob("*.png")),
+                  *sorted(ctx.paths.class_prior_dir.glob("*"))]
+        parts = {"params": {k: P.get(c, k) for k in spec("finetune").params_for(self.ctx.cfg)}, "device": c["device"],
                  "inputs": [A.sha256(p) for p in inputs],
                  "code": [A.sha256(ctx.root / f) for f in stage_code("finetune", ctx.root) if (ctx.root / f).exists()]}
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
@@ -200,16 +250,20 @@ class Resume:
 def run(ctx) -> Path:
     import torch
 
+    from rpo.config import TOKEN_METHODS, uses_class_images
     from rpo.device import pick_device, pick_dtype
     from rpo.generate import stage_pipeline
     from rpo.scoring import RewardModel
     from rpo.train import train
 
-    for needed in (ctx.paths.labels, ctx.paths.prior_manifest):
+    for needed in (ctx.paths.labels, ctx.paths.prior_manifest, *([ctx.paths.class_prior_manifest]
+                                                                 if uses_class_images(ctx.cfg.train) else [])):
         if not needed.exists():
             raise A.ArtifactError(f"{needed}: missing (run the stage that writes it first)")
     device = pick_device(ctx.cfg.device)
     pipe = stage_pipeline(ctx.cfg.model, device, unet_dtype=torch.float32)  # fp32 master weights, never rounded first
+    if ctx.cfg.train.method in TOKEN_METHODS:
+        add_subject_token(ctx, pipe)
     data = pair_data(ctx, pipe, device)
     reward = RewardModel.of(ctx.cfg.reward, ctx.subject.load_images(), ctx.token, device)
     validate = Validator(ctx, pipe, reward, device)

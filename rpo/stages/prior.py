@@ -13,7 +13,8 @@ log = logging.getLogger("rpo")
 
 STAGE = StageSpec(
     deps=("checked",),
-    params=("seed", "unique_token", "model", "prior"),
+    params=("seed", "unique_token", "model", "prior.images_per_prompt", "prior.num_inference_steps",
+            "prior.guidance_scale", "prior.batch_size"),  # not prior.class_images: class_prior's
     outs=("prior_dir",),
     models=("model.base", "model.vae"),
 )

@@ -20,7 +20,7 @@ import pandas as pd
 
 from rpo import artifacts as A
 from rpo import plots
-from rpo.config import Config
+from rpo.config import METHOD_NAMES, Config
 from rpo.dreambench import PUBLISHED
 from rpo.images import load_rgb
 from rpo.prompts import strip_token
@@ -89,9 +89,15 @@ def models_text(models: dict) -> str:
 # --- Markdown ----------------------------------------------------------------------------
 
 
-def summary_rows(summary: dict, base: dict | None, models: dict) -> list[list]:
+def method_name(df: pd.DataFrame) -> str:
+    """The training method of the runs (evaluate's about.json; runs from before baselines existed are RPO)."""
+    methods = sorted(set(df["method"].fillna("rpo"))) if "method" in df else ["rpo"]
+    return " / ".join(METHOD_NAMES.get(m, m) for m in methods)
+
+
+def summary_rows(summary: dict, base: dict | None, models: dict, method: str = "RPO") -> list[list]:
     ours = models_text(models)
-    rows = [[f"RPO, {g}", s["n"], *(cell(s[m]) for m in METRICS), "ours", ours] for g, s in summary.items()]
+    rows = [[f"{method}, {g}", s["n"], *(cell(s[m]) for m in METRICS), "ours", ours] for g, s in summary.items()]
     rows += [[f"base model, {g}", s["n"], *(cell(s[m]) for m in METRICS), "ours", ours + " (no fine-tuning)"]
              for g, s in (base or {}).items()]
     rows += [[p.method, 30, cell(p.dino), cell(p.clip_i), cell(p.clip_t), "n/a", f"published: {p.source}", p.models]
@@ -106,7 +112,8 @@ def markdown(df: pd.DataFrame, summary: dict, base: dict | None, models: dict, l
              "Mean ± std over subjects. Ours: " + models_text(models) + ". Published rows come from other "
              "models and settings (SD 2.1 at 512 px, 4 images per prompt): compare with a run on the paper's settings "
              "(`rpo preset paper`).", ""]
-    lines += table(["row", "n", "DINO", "CLIP-I", "CLIP-T", r, "source", "models"], summary_rows(summary, base, models))
+    lines += table(["row", "n", "DINO", "CLIP-I", "CLIP-T", r, "source", "models"],
+                   summary_rows(summary, base, models, method_name(df)))
     first = df.iloc[0]
     lines += ["", "## Protocol", "",
               f"- {int(first['n_prompts'])} DreamBench prompts, {int(first['images_per_prompt'])} image(s) each, per "

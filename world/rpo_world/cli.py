@@ -3,7 +3,7 @@
 examples:
   cd world && uv run dvc repro        rebuild every model (each stage is `rpo-world build STAGE`)
   rpo-world probe --json probe.json   how often the base model draws what prompts ask, per attribute
-  rpo-world experiment --quick        RPO against its ablations on the world's subjects, in minutes
+  rpo-world experiment --quick        RPO against its ablations and the baselines on the world's subjects, in minutes
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from rpo_world import experiment
 
     experiment.add_arguments(sub.add_parser(
-        "experiment", help="RPO against its ablations on every world subject and seed (rpo ablate's engine)",
+        "experiment", help="RPO against its ablations and the baselines on every world subject and seed (rpo ablate's engine)",
         description=experiment.__doc__.split("\n")[0]))
     args = parser.parse_args(argv)
 
