@@ -175,13 +175,13 @@ def test_subject_deployment_completes_after_a_kill_and_pushes_every_stage(cluste
     assert flow_run(cluster, run_id).state.is_completed(), printed
     tasks = {t.name: t for t in task_runs(cluster, run_id)}
     assert [n for n in tasks if "@" in n] == [f"{s}@{BUNDLED}" for s in STAGES]
-    assert {n.split("@")[0] for n, t in tasks.items() if "gpu" in t.tags} == {"prior", "score", "finetune", "evaluate"}
+    assert {n.split("@")[0] for n, t in tasks.items() if "gpu" in t.tags} == {"prior", "class_prior", "score", "finetune", "evaluate"}
     assert all(tasks[f"{s}@{BUNDLED}"].empirical_policy.retries == 1 for s in STAGES)  # the flow's `retries` default
 
     text = logs(cluster, run_id)
     for stage in ("prior", "score", "labels"):  # computed on machine3 before it died, restored from the remote
         assert f"Stage '{stage}@{BUNDLED}' is cached - skipping run" in text
-    assert f"stage 4/6: finetune@{BUNDLED}" in text and f"Running stage 'finetune@{BUNDLED}'" in text
+    assert f"stage {STAGES.index('finetune') + 1}/{len(STAGES)}: finetune@{BUNDLED}" in text and f"Running stage 'finetune@{BUNDLED}'" in text
     assert "validation step 6" in text  # the stage's own progress reaches the run's log
 
     ws = cluster.workspace(BUNDLED, run_id)

@@ -309,7 +309,7 @@ def test_tiny_sdxl_runs_every_stage_through_dvc(tmp_path):
     root = copy_project(tmp_path / "project", FAST_SDXL)
     git_init(root)
     first = dvc(root, "repro").stdout
-    stages = {f"{s}@{SUBJECT}" for s in ("prior", "score", "labels", "finetune", "select", "evaluate")}
+    stages = {f"{s}@{SUBJECT}" for s in ("prior", "class_prior", "score", "labels", "finetune", "select", "evaluate")}
     assert set(re.findall(r"Running stage '([^']+)'", first)) == stages | {"check", "report"}
     paths = A.Paths(root, SUBJECT)
     validation = A.read_table(paths.validation, A.VALIDATION).to_pandas()

@@ -1,4 +1,7 @@
-"""The world experiment runs end to end (one subject, tiny counts, every method) on rpo ablate's engine and report."""
+"""The world experiment runs end to end (one subject, tiny counts) on rpo ablate's engine and report.
+
+The end-to-end run trains RPO and one baseline (DreamBooth: the class-image path); test_baselines.py runs the
+other baselines' trainings on the tiny models."""
 
 from __future__ import annotations
 
@@ -33,16 +36,19 @@ def test_every_method_is_one_training_run_with_and_without_early_stopping():
     assert all([x.early_stopping for x in r if x.training == t] == [False, True] for t in trainings)
 
 
+RUN = ("rpo", "dreambooth")
+
+
 @pytest.mark.slow
-def test_experiment_reports_every_method_with_the_judges(tmp_path):
+def test_experiment_reports_rpo_and_a_baseline_with_the_judges(tmp_path):
     out = tmp_path / "exp"
     cmd = [sys.executable, "-m", "rpo_world.cli", "experiment", "--quick", "--subjects", "striped_star_toy", "--seeds",
-           "0", "--lambdas", "0.3", "--betas", "1", "--methods", *METHODS, "--out", str(out)]
+           "0", "--lambdas", "0.3", "--betas", "1", "--methods", *RUN, "--out", str(out)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((out / "experiment.json").read_text())
     table = report["tables"][TITLE]
-    tags = ["L_sim (beta=0)", "RPO beta=1", "DreamBooth (prior preservation)", "Textual Inversion", "Custom Diffusion"]
+    tags = ["RPO beta=1", "DreamBooth (prior preservation)"]
     assert [r["row"] for r in table] == [f"{t}, {rule}" for t in tags
                                          for rule in ("no early stopping", "early stopping lambda_val=0.3")]
     runs = pd.DataFrame(report["runs"])
@@ -52,9 +58,9 @@ def test_experiment_reports_every_method_with_the_judges(tmp_path):
     assert base["judge_subject"]["mean"] <= 0.5  # the base model cannot draw the subject
     assert (runs["selected_step"] > 0).all()
     text = (out / "experiment.md").read_text()
-    assert "| Custom Diffusion, early stopping lambda_val=0.3 | 1 |" in text and "judge_subject" in text
+    assert "| DreamBooth (prior preservation), early stopping lambda_val=0.3 | 1 |" in text and "judge_subject" in text
     assert "mean abs Delta" in text  # what the preference term did in each RPO training
-    for tag, method in zip(tags[2:], METHODS[2:]):  # each baseline is its own training
-        assert runs[runs["row"].str.startswith(tag)]["variant"].str.contains(f"train.method-{method}").all(), tag
+    dreambooth = runs[runs["row"].str.startswith(tags[1])]
+    assert len(dreambooth) == 2 and dreambooth["variant"].str.contains("train.method-dreambooth").all()  # its own training
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 0 and "Running stage" not in again.stdout + again.stderr  # finished work is kept
