@@ -201,7 +201,7 @@ def test_subject_deployment_completes_after_a_kill_and_pushes_every_stage(cluste
 
     # the override is recorded with this run's artifacts, and the project's params.yaml is untouched
     locked = {e["stage"]: e for e in table(artifact(cluster, run_id, "rpo-duck-toy-dvc-lock"))}
-    assert locked[f"finetune@{BUNDLED}"]["params"]["params.yaml"]["train"]["max_steps"] == OVERRIDES["train.max_steps"]
+    assert locked[f"finetune@{BUNDLED}"]["params"]["params.yaml"]["train.max_steps"] == OVERRIDES["train.max_steps"]
     assert yaml.safe_load((cluster.project / "params.yaml").read_text())["train"]["max_steps"] == FAST["train.max_steps"]
 
 
