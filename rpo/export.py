@@ -83,7 +83,7 @@ def model_card(ctx, step: int, base: str, lora: bool, dtype: str, parts: list[st
     method = ctx.cfg.train.method
     lines = [
         "---", "library_name: diffusers", f"base_model: {base}",
-        f"tags: [rpo, {method.replace('_', '-')}, text-to-image]", "---", "",
+        f"tags: [{', '.join(dict.fromkeys(['rpo', method.replace('_', '-'), 'text-to-image']))}]", "---", "",
         f"# {METHOD_NAMES[method]} fine-tune of `{ctx.subject.name}` ({ctx.subject.class_noun})", "",
         f"Fine-tuned from `{base}` with {METHOD_TEXT[method]} on "
         f"{len(ctx.subject.images)} photos of the subject; checkpoint of step {step}, chosen by "
