@@ -108,7 +108,8 @@ def pipeline_run(tmp_path_factory) -> Path:
 
 # The longest modules first: pytest-xdist (`-n auto --dist loadfile`, see pyproject.toml) hands files
 # out in collection order, so the Prefect cluster starts at once and the short files fill the other workers.
-LONGEST_FIRST = ("test_prefect.py", "test_dvc.py", "test_report.py")
+LONGEST_FIRST = ("test_prefect.py", "test_world_experiment.py", "test_dvc.py", "test_report.py", "test_sdxl.py",
+                 "test_export.py")
 
 
 def pytest_collection_modifyitems(items):
