@@ -70,6 +70,11 @@ class NaiveReward:
         return (ai + 1) / 2, (at + 1) / 2
 
 
+def _model_dir(ctx):
+    """Where finetune writes for this subject: the official code's output folder."""
+    return ctx.paths.checkpoints.parent
+
+
 def _first_to_rest(emb: torch.Tensor) -> torch.Tensor:
     return emb[1:] @ emb[0]
 
@@ -156,7 +161,7 @@ def finetune(ctx) -> None:
             reward = _validate(ctx, pipe, vcfg, step)
             if best is None or reward > best:  # the official code saves the whole fp32 pipeline at each improvement
                 best = reward
-                pipe.save_pretrained(ctx.paths.model_dir / "best", safe_serialization=True)
+                pipe.save_pretrained(_model_dir(ctx) / "best", safe_serialization=True)
             unet.train()
 
 
@@ -164,7 +169,7 @@ def _validate(ctx, pipe, vcfg, step: int) -> float:
     pipe.unet.eval()
     jobs = seeded_jobs(subject_training_prompts(ctx), vcfg.images_per_prompt, ctx.cfg.seed + 1)
     reward = NaiveReward(ctx)  # reloaded at every validation
-    folder = ctx.paths.model_dir / "validation" / f"step_{step:05d}"
+    folder = _model_dir(ctx) / "validation" / f"step_{step:05d}"
     folder.mkdir(parents=True, exist_ok=True)
     rewards = []
     with torch.no_grad():
@@ -179,7 +184,7 @@ def _validate(ctx, pipe, vcfg, step: int) -> float:
 def evaluate(ctx) -> None:
     """rpo_sd.py `evaluation`: per prompt, images one at a time, then DINO, CLIP-I, CLIP-T each loading its model."""
     ev = ctx.cfg.evaluate
-    pipe = pipeline(ctx, str(ctx.paths.model_dir / "best"))
+    pipe = pipeline(ctx, str(_model_dir(ctx) / "best"))
     prompts = evaluation_prompts(ctx.token, ctx.subject.class_noun, ctx.subject.live)
     jobs = seeded_jobs(prompts, ev.images_per_prompt, ctx.cfg.seed + 2)
     reward, refs, device = NaiveReward(ctx), ctx.subject.load_images(), pick_device(ctx.cfg.device)

@@ -87,7 +87,8 @@ class Meter:
     def __init__(self, device):
         self.device = device
 
-    def __call__(self, fn, ctx) -> tuple[float, float, int]:
+    def __call__(self, fn, ctx) -> dict:
+        """seconds (wall), cpu_seconds (user + kernel, this process's threads), kernel_seconds, peak (bytes)."""
         import torch
 
         gc.collect()
@@ -98,11 +99,14 @@ class Meter:
         else:
             with contextlib.suppress(OSError):  # where the kernel refuses, the peak is the process's so far
                 Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak RSS
-        start, cpu_start = time.perf_counter(), time.process_time()
+        start, times = time.perf_counter(), os.times()
         fn(ctx)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - start, time.process_time() - cpu_start, self.peak()
+        end = os.times()
+        user, kernel = end.user - times.user, end.system - times.system
+        return {"seconds": time.perf_counter() - start, "cpu_seconds": user + kernel, "kernel_seconds": kernel,
+                "peak": self.peak()}
 
     def peak(self) -> int:
         import torch
@@ -117,11 +121,14 @@ class Meter:
     def describe(self) -> str:
         import torch
 
+        from rpo.device import has_amx
+
         if self.device.type == "cuda":
             return f"{torch.cuda.get_device_name()} (peak: GPU memory allocated)"
         cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                     if line.startswith("model name")), platform.processor())
-        return f"CPU {cpu}, {torch.get_num_threads()} threads (peak: process RSS)"
+        units = f"{torch.backends.cpu.get_cpu_capability()}, {'AMX' if has_amx() else 'no AMX'}"
+        return f"CPU {cpu} ({units}), {torch.get_num_threads()} threads (peak: process RSS)"
 
 
 def warm_up(ctx) -> None:
@@ -169,10 +176,11 @@ def run(args) -> dict:
         for who, ctx, fns in (("ours", ours, ours_fns), ("naive", theirs, naive.STAGE_FUNCTIONS)):
             if stage not in fns or (who == "naive" and args.no_naive):
                 continue  # the official code has no separate selection: it keeps the best pipeline as it trains
-            seconds, cpu_seconds, peak = meter(fns[stage], ctx)
-            ran = units(stage, ctx.cfg, n_refs)
-            row[who] = {"ran": ran, "seconds": seconds, "extrapolated": seconds * full / ran,
-                        "cpu_seconds": cpu_seconds * full / ran, "peak": peak}
+            measured, ran = meter(fns[stage], ctx), units(stage, ctx.cfg, n_refs)
+            scale = full / ran  # the linear extrapolation to the paper's counts
+            row[who] = {"ran": ran, "seconds": measured["seconds"], "extrapolated": measured["seconds"] * scale,
+                        "cpu_seconds": measured["cpu_seconds"] * scale,
+                        "kernel_seconds": measured["kernel_seconds"] * scale, "peak": measured["peak"]}
         rows.append(row)
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)
@@ -195,25 +203,24 @@ def table(result: dict) -> str:
         + (f"naive at {result['naive_fraction']:g} of them; " if naive else "naive not run; ")
         + "seconds are extrapolated linearly to the paper's counts",
         *([f"overrides: {' '.join(result['overrides'])}"] if result["overrides"] else []),
+        "wall and CPU seconds at the paper's counts; kernel: the share of CPU time spent in the kernel (page faults)",
         "",
-        f"{'stage':<9} | {'ours: ran':>10} {'seconds':>9} {'rate':>15} {'peak':>9} | "
-        f"{'naive: ran':>10} {'seconds':>9} {'rate':>15} {'peak':>9} | naive/ours",
+        f"{'stage':<9} {'':<5} | {'ran':>9} {'wall s':>8} {'CPU s':>8} {'kernel':>6} {'rate':>15} {'peak':>9} | naive/ours",
     ]
     totals, cpu = {"ours": 0.0, "naive": 0.0}, {"ours": 0.0, "naive": 0.0}
     for row in result["rows"]:
-        cells = []
         for who in ("ours", "naive"):
             r = row.get(who)
             if r is None:
-                cells.append(f"{'-':>10} {'-':>9} {'-':>15} {'-':>9}")
                 continue
             totals[who] += r["extrapolated"]
             cpu[who] += r["cpu_seconds"]
-            rate = r["ran"] / r["seconds"]
-            cells.append(f"{r['ran']:>4}/{row['full']:<5} {r['extrapolated']:>9.1f} "
-                         f"{rate:>8.2f} {row['unit'] + '/s':<6} {r['peak'] / 2**30:>5.2f} GiB")
-        ratio = f"{row['naive']['extrapolated'] / row['ours']['extrapolated']:.1f}x" if "naive" in row else "-"
-        lines.append(f"{row['stage']:<9} | {cells[0]} | {cells[1]} | {ratio}")
+            rate, kernel = r["ran"] / r["seconds"], r["kernel_seconds"] / max(r["cpu_seconds"], 1e-9)
+            ratio = (f"{row['naive']['extrapolated'] / row['ours']['extrapolated']:.1f}x"
+                     if who == "naive" and "ours" in row else "")
+            lines.append(f"{row['stage'] if who == 'ours' else '':<9} {who:<5} | {r['ran']:>4}/{row['full']:<4} "
+                         f"{r['extrapolated']:>8.1f} {r['cpu_seconds']:>8.1f} {kernel:>6.1%} "
+                         f"{rate:>8.2f} {row['unit'] + '/s':<6} {r['peak'] / 2**30:>5.2f} GiB | {ratio}")
     lines += ["", f"total (paper counts): ours {totals['ours']:.1f} s ({totals['ours'] / 60:.1f} min)"
               + (f", naive {totals['naive']:.1f} s ({totals['naive'] / 60:.1f} min)" if naive else "")]
     if totals["naive"]:

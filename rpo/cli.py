@@ -13,6 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
+from rpo.allocator import keep_freed_memory
+
 EPILOG = """examples:
   rpo check                                  validate params.yaml and every subject, no model loaded
   rpo stage finetune --subject dog           one stage for one subject (what `dvc repro finetune@dog` runs)
@@ -177,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     quiet_libraries()
+    keep_freed_memory()
     from rpo.artifacts import project_root, remove_stale_temporaries
 
     root = project_root(Path.cwd() / args.params)
