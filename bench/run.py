@@ -42,6 +42,7 @@ def counts(fraction: float, every: int = 40) -> dict:
     return {
         "prior.images_per_prompt": per_prompt, "prior.num_inference_steps": 50,
         "train.max_steps": every * validations, "validate.every": every,
+        "validate.at_start": False,  # the official code validates only after training steps
         "validate.images_per_prompt": 4, "validate.num_inference_steps": 50,
         "evaluate.images_per_prompt": per_prompt, "evaluate.num_inference_steps": 50,
         "evaluate.base_images": False,  # the official code draws no base images

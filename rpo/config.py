@@ -185,6 +185,7 @@ def uses_class_images(train: "Train") -> bool:
 @dataclass(frozen=True)
 class Validate:
     every: int = key(40, POS)
+    at_start: bool = key(True, _flag)
     images_per_prompt: int = key(4, POS)
     num_inference_steps: int = key(50, POS)
     guidance_scale: float = key(7.5, _num(0.0))

@@ -12,8 +12,8 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import torch
-
+# torch is imported where it is used: select and the CLI read EMBEDS (through rpo.checkpoints) and must not pay
+# torch's import (4 s) in a process that only copies files
 EMBEDS = "learned_embeds.safetensors"
 
 
@@ -23,6 +23,8 @@ class TokenError(ValueError):
 
 def add_token(tokenizer, text_encoder, token: str, initializer: str) -> int:
     """Add `token`, its embedding row a copy of `initializer`'s (the mean over its tokens if it has several); its id."""
+    import torch
+
     init_ids = tokenizer(initializer, add_special_tokens=False).input_ids
     if not init_ids:
         raise TokenError(f"initializer {initializer!r} has no tokens")
@@ -41,8 +43,10 @@ def added_ids(tokenizer) -> list[int]:
     return sorted(i for i in tokenizer.added_tokens_decoder if i >= tokenizer.vocab_size)
 
 
-def learned(tokenizer, text_encoder) -> dict[str, torch.Tensor]:
+def learned(tokenizer, text_encoder) -> dict:
     """{token: its (1, D) embedding in fp32} for every added token."""
+    import torch
+
     weight = text_encoder.get_input_embeddings().weight
     return {tokenizer.convert_ids_to_tokens(i): weight[i : i + 1].detach().to("cpu", torch.float32).clone()
             for i in added_ids(tokenizer)}
@@ -56,6 +60,7 @@ def save(tokenizer, text_encoder, folder: Path) -> None:
 
 def load(folder: Path, tokenizer, text_encoder):
     """(tokenizer, text_encoder) with the tokens of `folder`'s embeddings added: copies, the inputs untouched."""
+    import torch
     from safetensors.torch import load_file
 
     tokenizer, text_encoder = copy.deepcopy(tokenizer), copy.deepcopy(text_encoder)

@@ -59,6 +59,10 @@ def validation_curve(curve: pd.DataFrame, lambda_val: float, title: str, path: P
     reward_ax.plot(curve["step"], curve["reward"], marker="o", color="tab:blue", label="mean reward")
     reward_ax.scatter(chosen["step"], chosen["reward"], s=140, facecolors="none", edgecolors="tab:red", linewidths=2,
                       zorder=3, label=f"selected: step {int(chosen['step'].iloc[0])}" if len(chosen) else "selected")
+    base = curve[curve["step"] == 0]  # validate.at_start: the base model, where training started
+    if len(base):
+        reward_ax.axhline(float(base["reward"].iloc[0]), color="grey", linestyle=":", linewidth=1,
+                          label="base model (step 0)")
     reward_ax.set(xlabel="step", ylabel=f"mean r_λ (λ_val = {lambda_val:g})", title=title)
     align_ax.plot(curve["step"], curve["align_i"], marker="o", color="tab:green", label="ALIGN-I")
     align_ax.plot(curve["step"], curve["align_t"], marker="s", color="tab:orange", label="ALIGN-T")

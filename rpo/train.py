@@ -324,8 +324,9 @@ POSTFIX = (("loss", ".4f"), ("l_pref", ".4f"), ("l_prior", ".4f"), ("delta_abs",
 
 
 def train(pipe, data: PairData, cfg: Train, *, validate_every: int, seed: int, device, ref_dtype, on_validate,
-          on_log, resume_from: TrainingState | None = None, on_checkpoint=None) -> None:
-    """Fine-tune pipe in place with `cfg.method`; on_validate(step, unet) at each validation step, on_log(row) every step.
+          on_log, resume_from: TrainingState | None = None, on_checkpoint=None, validate_at_start: bool = False) -> None:
+    """Fine-tune pipe in place with `cfg.method`; on_validate(step, unet) at each validation step (and at step 0,
+    before training, with `validate_at_start`), on_log(row) every step.
 
     `ref_dtype` (model.dtype) is the precision of everything that runs without gradients: the frozen
     reference U-Net and the validation images; `cfg.mixed_precision` that of the training step.
@@ -359,6 +360,8 @@ def train(pipe, data: PairData, cfg: Train, *, validate_every: int, seed: int, d
         bar.set_postfix({k: format(row[k], f) for k, f in POSTFIX if k in row})  # each method logs its own terms
 
     steps = xla.StepLog(device, log_row)  # every step's row; read from the device every few steps on XLA
+    if validate_at_start and start == 0:
+        _validate(unet, 0, ref_dtype, device, on_validate)
     for step in bar:
         unet.train()
         out = method.losses(data, step, seed, device, scheduler, generator, autocast)
@@ -374,14 +377,18 @@ def train(pipe, data: PairData, cfg: Train, *, validate_every: int, seed: int, d
         steps.add(step, {**out, "grad_norm": grad_norm})
         if step in checks:
             steps.flush()
-            unet.eval()
-            with _autocast(ref_dtype, device)():
-                on_validate(step, unet)
+            _validate(unet, step, ref_dtype, device, on_validate)
             if on_checkpoint is not None and step < cfg.max_steps:
                 weights = xla.to_host({n: p.detach() for n, p in named.items()}, device)
                 on_checkpoint(TrainingState(step, {n: w.float().clone() for n, w in weights.items()},
                                             opt.state_dict(), scaler.state_dict(), generator.get_state()))
     steps.flush()
+
+
+def _validate(unet, step: int, ref_dtype, device, on_validate) -> None:
+    unet.eval()
+    with _autocast(ref_dtype, device)():
+        on_validate(step, unet)
 
 
 def _restore(state: TrainingState, named: dict, opt, scaler, generator) -> int:

@@ -10,6 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rpo import checkpoints
+from rpo.config import Validate
 from rpo.loss import per_sample_error, preference_loss, preference_margin, rpo_loss
 from rpo.preference import bt_probability, sample_labels
 from rpo.prompts import instance_prompt, strip_token, training_prompts
@@ -147,3 +149,10 @@ def test_selection_takes_the_argmax_at_lambda_val_ties_to_the_earliest():
     tied = _validation({10: [(0.7, 0.7)], 20: [(0.7, 0.7)], 30: [(0.1, 0.1)]})
     assert select_step(tied, 0.5) == 10
     assert select_step(val, 0.5, early_stopping=False) == 40
+
+
+def test_step_0_the_base_model_is_on_the_curve_but_never_selected():
+    val = _validation({0: [(0.9, 0.9)], 10: [(0.6, 0.6)], 20: [(0.8, 0.5)]})
+    assert select_step(val, 0.5) == 20 and select_step(val, 0.0) == 10
+    assert checkpoints.selectable_steps(val) == {10, 20}
+    assert 0 not in checkpoints.kept_steps(val, Validate(keep=3, lambda_val=0.5))

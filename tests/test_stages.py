@@ -71,10 +71,11 @@ def test_finetune_validates_and_logs_every_loss_term(pipeline_run):
     paths = _paths(pipeline_run)
     val = _read(pipeline_run, paths.validation, A.VALIDATION)
     steps = list(range(FAST["validate.every"], FAST["train.max_steps"] + 1, FAST["validate.every"]))
-    assert sorted(val["step"].unique()) == steps
+    assert sorted(val["step"].unique()) == [0, *steps]  # validate.at_start: the base model first
     assert (val.groupby("step").size() == N_PROMPTS).all()
     for s in steps:
         assert (paths.checkpoints / f"step_{s:05d}" / "diffusion_pytorch_model.safetensors").exists()
+    assert not (paths.checkpoints / "step_00000").exists()  # the base model is never selected: no checkpoint
     for row in val.itertuples():
         assert (pipeline_run / row.path).exists()
     log = pd.read_csv(paths.train_log)
@@ -94,8 +95,9 @@ def test_select_picks_the_best_validation_step(pipeline_run):
     assert (paths.selected / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == (
         paths.checkpoints / f"step_{sel['step']:05d}" / "diffusion_pytorch_model.safetensors").read_bytes()
     assert (paths.selected / "base_model.txt").read_text().strip() == "tiny"
-    assert list(paths.validation_curve.read_text().splitlines()[0].split(",")) == \
-        ["step", "align_i", "align_t", "reward", "selected"]
+    curve = pd.read_csv(paths.validation_curve)
+    assert list(curve.columns) == ["step", "align_i", "align_t", "reward", "selected"]
+    assert curve["step"].iloc[0] == 0 and not curve["selected"].iloc[0] and sel["step"] > 0
 
 
 def test_evaluate_follows_the_dreambench_protocol(pipeline_run):
@@ -144,7 +146,7 @@ def test_v_prediction_and_open_clip_backends_run(tmp_path):
     root = copy_project(tmp_path / "v", overrides)
     ctx = run_stages(root, SUBJECT, ["prior", "score", "labels", "finetune"])
     val = A.read_table(ctx.paths.validation, A.VALIDATION).to_pandas()
-    assert val["align_t"].between(0, 1).all() and sorted(val["step"].unique()) == [2]
+    assert val["align_t"].between(0, 1).all() and sorted(val["step"].unique()) == [0, 2]
     assert np.isfinite(pd.read_csv(ctx.paths.train_log)["loss"]).all()
 
 

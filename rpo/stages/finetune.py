@@ -40,8 +40,8 @@ def _params_if(cfg) -> tuple[str, ...]:
 STAGE = StageSpec(
     deps=("${paths.subjects}/${item}", "prior_dir", "class_prior_dir", "labels"),
     params=("seed", "unique_token", "model", "prior.batch_size", "reward.backend", "reward.model",
-            "reward.batch_size", "validate.every", "validate.images_per_prompt", "validate.num_inference_steps",
-            "validate.guidance_scale", "validate.keep"),
+            "reward.batch_size", "validate.every", "validate.at_start", "validate.images_per_prompt",
+            "validate.num_inference_steps", "validate.guidance_scale", "validate.keep"),
     outs=("checkpoints", "validation_images", "validation"),
     plots=(("train_log", "step", "loss"),),
     params_if=_params_if,
@@ -182,12 +182,15 @@ class Validator:
             self.records.append({"step": step, "prompt_index": pi, "prompt": prompt, "image_index": ii, "seed": seed,
                                  "path": ctx.rel(folder / f"p{pi:02d}_{ii:03d}.png"),
                                  "align_i": float(a), "align_t": float(b)})
+        log.info("validation step %d%s: ALIGN-I %.4f, ALIGN-T %.4f", step, " (the base model)" if step == 0 else "",
+                 float(ai.mean()), float(at.mean()))
+        if step == 0:  # the base model: shown on the curve, never selected, so no checkpoint
+            return
         checkpoints.save(unet, ctx.paths.checkpoints / f"step_{step:05d}", method=ctx.cfg.train.method,
                          text=(self.pipe.tokenizer, self.pipe.text_encoder) if self.learns_token else None,
                          text_encoders=of(self.pipe).encoders(self.pipe))
         if v.keep != "all":
             checkpoints.prune(ctx.paths.checkpoints, checkpoints.kept_steps(pd.DataFrame(self.records), v))
-        log.info("validation step %d: ALIGN-I %.4f, ALIGN-T %.4f", step, float(ai.mean()), float(at.mean()))
 
 
 class Resume:
@@ -276,7 +279,8 @@ def run(ctx) -> Path:
         state = None
         _remove_outputs(ctx)
     checkpoint = (lambda s: resume.save(s, log_rows, validate.records)) if resume else None
-    train(pipe, data, ctx.cfg.train, validate_every=ctx.cfg.validate.every, seed=ctx.cfg.seed, device=device,
+    train(pipe, data, ctx.cfg.train, validate_every=ctx.cfg.validate.every, validate_at_start=ctx.cfg.validate.at_start,
+          seed=ctx.cfg.seed, device=device,
           ref_dtype=pick_dtype(ctx.cfg.model.dtype, device, cpu_half=True), on_validate=validate,
           on_log=log_rows.append, resume_from=state, on_checkpoint=checkpoint)
     with A.atomic_file(ctx.paths.train_log) as tmp:
