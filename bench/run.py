@@ -266,9 +266,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
+    from rpo.allocator import keep_freed_memory
     from rpo.cli import quiet_libraries
 
     quiet_libraries()
+    keep_freed_memory()  # as every rpo process does; the naive procedure, in this process, gains from it too
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run(args)

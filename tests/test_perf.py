@@ -200,3 +200,26 @@ def test_sd21_architecture_builds_from_the_published_configs_and_trains_on_the_c
     assert torch.isfinite(out["loss"]) and all(p.grad is not None for p in unet.parameters())
     image = generate(sd, ["a sks dog"], [0], steps=1, guidance=7.5, resolution=64, batch_size=1)[0]
     assert image.size == (64, 64)
+
+
+@pytest.mark.slow
+def test_benchmark_runs_both_procedures_through_every_stage_and_reports_cpu_and_kernel_time(tmp_path):
+    from bench import run as bench
+
+    smoke = ["prior.num_inference_steps=2", "validate.num_inference_steps=2", "evaluate.num_inference_steps=2",
+             "train.max_steps=2", "validate.every=2", "validate.images_per_prompt=1"]
+    args = bench.parse_args(["--threads", "1", "--fraction", "0.25", "--workdir", str(tmp_path), "--json",
+                             str(tmp_path / "bench.json"), *[a for s in smoke for a in ("--set", s)]])
+    result = bench.run(args)
+    rows = {row["stage"]: row for row in result["rows"]}
+    assert list(rows) == list(bench.UNIT)
+    for stage, row in rows.items():
+        assert ("naive" in row) == (stage != "select")  # the official code keeps its best pipeline as it trains
+        for r in (row[w] for w in ("ours", "naive") if w in row):
+            assert 0 <= r["kernel_seconds"] <= r["cpu_seconds"] and r["seconds"] > 0 and r["peak"] > 0
+    # the naive procedure validated and kept its best pipeline, as the official code does
+    assert list((tmp_path / "naive" / "models" / "duck_toy" / "validation").glob("step_*/*.png"))
+    assert (tmp_path / "naive" / "models" / "duck_toy" / "best" / "model_index.json").exists()
+    assert torch.backends.cpu.get_cpu_capability() in result["machine"]  # the vector units the kernels used
+    text = bench.table(result)
+    assert "overall naive/ours" in text and "kernel" in text
