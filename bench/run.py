@@ -31,9 +31,12 @@ EVERY = {"tiny": 40, "sd21": 40, "sdxl": 100}  # validation interval: ten valida
 ARCH = {"tiny": "tiny models", "sd21": "SD 2.1 architecture", "sdxl": "SDXL base 1.0 architecture"}
 
 
-def paper_counts(every: int) -> str:
-    return (f"8 prompts x 4 prior images, {10 * every} steps, validation every {every} steps with 8 x 4 images, "
-            "25 x 4 evaluation images, 50 sampling steps")
+def describe_counts(cfg) -> str:
+    """The counts every stage's seconds are extrapolated to: the paper's, or what `--set` made of them."""
+    return (f"{N_TRAIN_PROMPTS} prompts x {cfg.prior.images_per_prompt} prior images, {cfg.train.max_steps} steps, "
+            f"validation every {cfg.validate.every} steps with {N_TRAIN_PROMPTS} x {cfg.validate.images_per_prompt} "
+            f"images, {N_EVAL_PROMPTS} x {cfg.evaluate.images_per_prompt} evaluation images, "
+            f"{cfg.prior.num_inference_steps} sampling steps")
 
 
 def counts(fraction: float, every: int = 40) -> dict:
@@ -188,23 +191,24 @@ def run(args) -> dict:
     return {"machine": meter.describe(), "device": device.type, "torch": torch.__version__, "arch": args.arch,
             "divisor": args.divisor, "resolution": args.resolution, "fraction": args.fraction,
             "naive_fraction": args.naive_fraction, "overrides": args.set or [], "subject": args.subject,
-            "n_refs": n_refs, "rows": rows}
+            "n_refs": n_refs, "counts": describe_counts(paper), "rows": rows}
 
 
 def table(result: dict) -> str:
     narrowed = "" if result["divisor"] == 1 else f", every width / {result['divisor']}"
     naive = any("naive" in row for row in result["rows"])
     arch = ARCH[result["arch"]] + ("" if result["arch"] == "tiny" else f", random weights{narrowed}")
+    source = "with the overrides" if result["overrides"] else "the paper's"
     lines = [
         f"RPO benchmark: {arch}, {result['resolution']} px, subject {result['subject']} ({result['n_refs']} references)",
         f"machine: {result['machine']}, torch {result['torch']}",
-        f"paper counts: {paper_counts(EVERY[result['arch']])}"
+        f"counts ({source}): {result['counts']}"
         + (" (preset paper-sdxl)" if result["arch"] == "sdxl" else ""),
         f"ours ran at fraction {result['fraction']:g}, "
         + (f"naive at {result['naive_fraction']:g} of them; " if naive else "naive not run; ")
-        + "seconds are extrapolated linearly to the paper's counts",
+        + "seconds are extrapolated linearly to those counts",
         *([f"overrides: {' '.join(result['overrides'])}"] if result["overrides"] else []),
-        "wall and CPU seconds at the paper's counts; kernel: the share of CPU time spent in the kernel (page faults)",
+        "wall and CPU seconds at those counts; kernel: the share of CPU time spent in the kernel (page faults)",
         "",
         f"{'stage':<9} {'':<5} | {'ran':>9} {'wall s':>8} {'CPU s':>8} {'kernel':>6} {'rate':>15} {'peak':>9} | naive/ours",
     ]
@@ -222,7 +226,7 @@ def table(result: dict) -> str:
             lines.append(f"{row['stage'] if who == 'ours' else '':<9} {who:<5} | {r['ran']:>4}/{row['full']:<4} "
                          f"{r['extrapolated']:>8.1f} {r['cpu_seconds']:>8.1f} {kernel:>6.1%} "
                          f"{rate:>8.2f} {row['unit'] + '/s':<6} {r['peak'] / 2**30:>5.2f} GiB | {ratio}")
-    lines += ["", f"total (paper counts): ours {totals['ours']:.1f} s ({totals['ours'] / 60:.1f} min)"
+    lines += ["", f"total: ours {totals['ours']:.1f} s ({totals['ours'] / 60:.1f} min)"
               + (f", naive {totals['naive']:.1f} s ({totals['naive'] / 60:.1f} min)" if naive else "")]
     if totals["naive"]:
         if result["device"] == "cpu":  # process CPU time does not count other processes' load on a shared machine
