@@ -174,7 +174,7 @@ def run(args) -> dict:
     warm_up(ours)
     rows = []
     ours_fns = {name: stages.module(name).run for name in UNIT}
-    for stage in UNIT:
+    for stage in args.stages:
         full = units(stage, paper, n_refs)
         row = {"stage": stage, "unit": UNIT[stage], "full": full}
         for who, ctx, fns in (("ours", ours, ours_fns), ("naive", theirs, naive.STAGE_FUNCTIONS)):
@@ -249,6 +249,8 @@ def parse_args(argv=None):
     p.add_argument("--resolution", type=int, help="pixels (default: 512 for sd21, 1024 for sdxl, 32 for tiny)")
     p.add_argument("--subject", default="duck_toy", help="a folder of data/subjects (default: duck_toy)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--until", choices=tuple(UNIT), default=list(UNIT)[-1], metavar="STAGE",
+                   help=f"stop after this stage (default: {list(UNIT)[-1]}; stages: {', '.join(UNIT)})")
     p.add_argument("--workdir", help="keep the artifacts of both procedures here (default: a temporary folder)")
     p.add_argument("--json", help="also write the figures to this file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -257,6 +259,7 @@ def parse_args(argv=None):
     args.naive_fraction = args.fraction if args.naive_fraction is None else args.naive_fraction
     args.resolution = args.resolution or {"tiny": 32, "sd21": 512, "sdxl": 1024}[args.arch]
     args.no_naive = args.no_naive or args.arch == "sdxl"
+    args.stages = list(UNIT)[: list(UNIT).index(args.until) + 1]  # each stage reads what the ones before it wrote
     for name in ("fraction", "naive_fraction"):
         if not 0 < getattr(args, name) <= 1:
             p.error(f"--{name.replace('_', '-')} must be in (0, 1]")
