@@ -197,7 +197,7 @@ def test_subject_deployment_completes_after_a_kill_and_pushes_every_stage(cluste
     grid = re.search(r"image grid .*?: `[^:]+:([^`]+)`", found.description).group(1)
     assert Path(grid).is_file() and Path(grid).is_relative_to(ws)
     curve = table(artifact(cluster, run_id, "rpo-duck-toy-validation"))
-    assert [r["step"] for r in curve] == [2, 4, 6] and sum(r["selected"] for r in curve) == 1
+    assert [r["step"] for r in curve] == [0, 2, 4, 6] and sum(r["selected"] for r in curve) == 1  # 0: the base model
 
     # the override is recorded with this run's artifacts, and the project's params.yaml is untouched
     locked = {e["stage"]: e for e in table(artifact(cluster, run_id, "rpo-duck-toy-dvc-lock"))}

@@ -313,7 +313,7 @@ def test_tiny_sdxl_runs_every_stage_through_dvc(tmp_path):
     assert set(re.findall(r"Running stage '([^']+)'", first)) == stages | {"check", "report"}
     paths = A.Paths(root, SUBJECT)
     validation = A.read_table(paths.validation, A.VALIDATION).to_pandas()
-    assert sorted(validation["step"].unique()) == [2, 4] and validation["align_t"].between(0, 1).all()
+    assert sorted(validation["step"].unique()) == [0, 2, 4] and validation["align_t"].between(0, 1).all()
     for folder in paths.checkpoints.iterdir():  # LoRA of rank 4 on the U-Net: the preset
         assert [f.name for f in folder.iterdir()] == [checkpoints.LORA] and checkpoints.lora_parts(folder) == {"unet"}
     selection = A.read_json(paths.selection)
