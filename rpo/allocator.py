@@ -14,8 +14,8 @@ import ctypes
 import ctypes.util
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
-# blocks up to 1 GiB come from the heap (512 px activations included); glibc before 2.26 refuses more than
-# HEAP_MAX_SIZE / 2, 32 MiB, which still covers the small models' activations
+# blocks up to 1 GiB come from the heap (512 px activations included); a glibc that caps the threshold at
+# HEAP_MAX_SIZE / 2 refuses that, and 32 MiB still covers the small models' activations
 MMAP_THRESHOLDS = (2**30, 32 * 2**20)
 TRIM_THRESHOLD = 2**30  # free memory at the heap's top kept for the next step, up to this much
 

@@ -256,11 +256,11 @@ def kept_steps(validation: pd.DataFrame, validate) -> set[int]:
     `selectable`: every step select can pick (see selectable_steps). A number N: the step select picks under
     the current lambda_val and early_stopping, then the most recent others, N in all.
     """
-    from rpo.selection import BASE_STEP, select_step
+    from rpo.selection import select_step, trained
 
     if validate.keep == "selectable":
         return selectable_steps(validation)
-    steps = sorted({int(s) for s in validation["step"] if s != BASE_STEP}, reverse=True)
+    steps = sorted({int(s) for s in trained(validation)["step"]}, reverse=True)
     kept = [select_step(validation, validate.lambda_val, validate.early_stopping)]
     return set(kept + [s for s in steps if s not in kept][: validate.keep - 1])
 

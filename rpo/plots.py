@@ -14,6 +14,7 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from rpo.artifacts import atomic_file
+from rpo.selection import BASE_STEP
 
 CELL = 160  # pixels per picture in a grid
 LABEL_W = 96  # width of the row-label column
@@ -59,7 +60,7 @@ def validation_curve(curve: pd.DataFrame, lambda_val: float, title: str, path: P
     reward_ax.plot(curve["step"], curve["reward"], marker="o", color="tab:blue", label="mean reward")
     reward_ax.scatter(chosen["step"], chosen["reward"], s=140, facecolors="none", edgecolors="tab:red", linewidths=2,
                       zorder=3, label=f"selected: step {int(chosen['step'].iloc[0])}" if len(chosen) else "selected")
-    base = curve[curve["step"] == 0]  # validate.at_start: the base model, where training started
+    base = curve[curve["step"] == BASE_STEP]  # validate.at_start: the base model, where training started
     if len(base):
         reward_ax.axhline(float(base["reward"].iloc[0]), color="grey", linestyle=":", linewidth=1,
                           label="base model (step 0)")
