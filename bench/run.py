@@ -125,7 +125,7 @@ class Meter:
     def describe(self) -> str:
         import torch
 
-        from rpo.device import has_amx
+        from rpo.cpu import has_amx
 
         if self.device.type == "cuda":
             return f"{torch.cuda.get_device_name()} (peak: GPU memory allocated)"

@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from rpo.cpu import has_amx
 from rpo.params import ParamsError
 
 
@@ -54,8 +55,3 @@ def pick_dtype(name: str, device: torch.device, cpu_half: bool = False) -> torch
         return torch.float32
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
 
-
-def has_amx() -> bool:
-    """Intel AMX tiles (Sapphire Rapids and later): `torch.cpu` has no public query for them yet."""
-    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
-    return bool(check and check())

@@ -8,14 +8,13 @@ from pathlib import Path
 import torch
 
 
-def stable_diffusion(unet, clip_dir: Path, vae_dir: Path):
+def stable_diffusion(unet, te, tok, vae_dir: Path):
     """A StableDiffusionPipeline of the world's parts (in memory)."""
     from diffusers import StableDiffusionPipeline
 
     from rpo.tiny import ddim_scheduler
-    from rpo_world.pretrain_unet import text_encoder, vae_from
+    from rpo_world.pretrain_unet import vae_from
 
-    te, tok = text_encoder(clip_dir)
     pipe = StableDiffusionPipeline(vae=vae_from(vae_dir), text_encoder=te, tokenizer=tok, unet=unet,
                                    scheduler=ddim_scheduler(), safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
@@ -24,17 +23,21 @@ def stable_diffusion(unet, clip_dir: Path, vae_dir: Path):
 
 
 def assemble(models: Path) -> None:
-    """The pipeline's remaining parts next to its trained VAE and U-Net: text encoder, tokenizer, scheduler."""
+    """The pipeline's remaining parts next to its trained VAE, U-Net and text encoder: tokenizer (the
+    world CLIP's), scheduler, model_index.json."""
     import tempfile
 
     from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
 
-    unet = UNet2DConditionModel.from_pretrained(models / "world" / "unet", torch_dtype=torch.float32)
-    pipe = stable_diffusion(unet, models / "world-clip", models / "world" / "vae")
+    world = models / "world"
+    unet = UNet2DConditionModel.from_pretrained(world / "unet", torch_dtype=torch.float32)
+    te = CLIPTextModel.from_pretrained(world / "text_encoder", dtype=torch.float32)
+    pipe = stable_diffusion(unet, te, CLIPTokenizer.from_pretrained(models / "world-clip"), world / "vae")
     with tempfile.TemporaryDirectory(dir=models) as tmp:
         pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
-        for part in ("text_encoder", "tokenizer", "scheduler", "model_index.json"):
-            target = models / "world" / part
+        for part in ("tokenizer", "scheduler", "model_index.json"):
+            target = world / part
             if target.is_dir():
                 shutil.rmtree(target)
             target.unlink(missing_ok=True)

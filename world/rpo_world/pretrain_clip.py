@@ -1,8 +1,8 @@
 """The world's CLIP: a small dual encoder trained contrastively on (scene, caption) pairs.
 
 Saved in transformers' CLIP format with its processor, so the product loads it as the
-reward model and the CLIP metric like any hub CLIP; its text tower is also the diffusion
-model's text encoder, as in Stable Diffusion.
+reward model and the CLIP metric like any hub CLIP; its text tower is where the diffusion
+model's text encoder starts (rpo_world/pretrain_unet.py).
 """
 
 from __future__ import annotations
@@ -66,20 +66,20 @@ def tokens(tok, texts: list[str]) -> dict:
 
 
 def _embed(model, images, texts, tok):
-    img = features(model.get_imagefeatures(pixel_values=pixels(images)))
-    txt = features(model.get_textfeatures(**tokens(tok, texts)))
+    img = features(model.get_image_features(pixel_values=pixels(images)))
+    txt = features(model.get_text_features(**tokens(tok, texts)))
     return F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
 
 
 @torch.no_grad()
 def zero_shot(model, tok, images: np.ndarray, scenes) -> dict:
     """Accuracy of picking each attribute's true value among its alternatives, by text similarity."""
-    img = F.normalize(features(model.get_imagefeatures(pixel_values=pixels(images))), dim=-1)
+    img = F.normalize(features(model.get_image_features(pixel_values=pixels(images))), dim=-1)
     out = {}
     for attr, values, template in (("shape", SHAPES, "a {} toy"), ("colour", COLOURS, "a {} toy"),
                                     ("pattern", PATTERNS, "a {} toy"), ("context", list(CONTEXTS), "a toy {}")):
         texts = [template.format(CONTEXTS[v] if attr == "context" else v) for v in values]
-        txt = F.normalize(features(model.get_textfeatures(**tokens(tok, texts))), dim=-1)
+        txt = F.normalize(features(model.get_text_features(**tokens(tok, texts))), dim=-1)
         pred = (img @ txt.T).argmax(1).numpy()
         truth = np.array([values.index(getattr(s, attr)) for s in scenes])
         out[f"zero_shot_{attr}"] = float((pred == truth).mean())
