@@ -76,8 +76,8 @@ class PrefectStack:
         psutil.wait_procs(family, timeout=30)
 
     def stop(self, *names: str, grace: float = 30) -> None:
-        """SIGTERM each process group at once, then SIGKILL those still running after `grace` seconds in all
-        (one at a time, three workers that ignore SIGTERM cost 90 s instead of 30)."""
+        """SIGTERM every process group first, then SIGKILL those still running `grace` seconds later: one shared
+        wait, since Prefect workers can outlast SIGTERM and waiting on each in turn cost `grace` per worker."""
         procs = [self.procs.pop(name) for name in names]
         for proc in procs:
             try:

@@ -116,7 +116,8 @@ def ema_update(ema, model, decay: float) -> None:
 
 
 def probe_samples(ema, tok, vae_dir: Path) -> dict:
-    """The judges' reading of the EMA U-Net's samples at a checkpoint, once the judges exist (logging only)."""
+    """The judges' reading of the EMA U-Net's and text encoder's samples at a checkpoint, once the judges exist
+    (logging only)."""
     from rpo_world.judges import Judges
     from rpo_world.pipeline import stable_diffusion
     from rpo_world.probe import prompt_following
