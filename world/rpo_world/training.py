@@ -31,16 +31,18 @@ def cpu_autocast():
     return torch.autocast("cpu", dtype=torch.bfloat16) if has_amx() else nullcontext()
 
 
-def lr_at(step: int, steps: int, peak: float, warmup: int, schedule: str = "cosine") -> float:
+def lr_at(step: int, steps: int, peak: float, warmup: int, schedule: str = "cosine", cooldown: int = 0) -> float:
     """Linear warm-up, then cosine decay to a tenth of the peak, or constant.
 
     A constant rate (with an EMA of the weights) makes a run's result at step N independent
-    of its planned length, so a run stopped early is the run that planned N steps.
+    of its planned length, so a run stopped early is the run that planned N steps. Its last
+    `cooldown` steps fall linearly to zero (warmup-stable-decay): until they start, a longer
+    run is this run extended.
     """
     if step < warmup:
         return peak * (step + 1) / warmup
     if schedule == "constant":
-        return peak
+        return peak * min(1.0, (steps - step) / cooldown) if cooldown else peak
     progress = (step - warmup) / max(1, steps - warmup)
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
@@ -48,7 +50,12 @@ def lr_at(step: int, steps: int, peak: float, warmup: int, schedule: str = "cosi
 def _run_key(cfg: dict) -> dict:
     """What makes two runs the same run: everything but their length (more steps extend a run)
     and which of its weights are exported."""
-    return {k: v for k, v in cfg.items() if k not in ("steps", "checkpoint_every", "export")}
+    return {k: v for k, v in cfg.items() if k not in ("steps", "cooldown_steps", "checkpoint_every", "export")}
+
+
+def _decay_from(cfg: dict) -> int:
+    """The step where the rate starts to fall; a checkpoint from after it belongs to that length only."""
+    return cfg["steps"] - cfg.get("cooldown_steps", 0) if cfg.get("schedule") == "constant" else 0
 
 
 def load_checkpoint(work: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: dict,
@@ -60,6 +67,11 @@ def load_checkpoint(work: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     state = json.loads((ckpt / "state.json").read_text())
     if state["run"] != _run_key(cfg):
         log.info("checkpoint in %s is of another configuration (%s): starting afresh", ckpt, state["run"])
+        return 0
+    decayed_from = state.get("decay_from", state["step"])
+    if state["step"] > decayed_from != _decay_from(cfg):
+        log.info("checkpoint in %s is %d steps into a decay that started at step %d, not %d: starting afresh",
+                 ckpt, state["step"] - decayed_from, decayed_from, _decay_from(cfg))
         return 0
     model.load_state_dict(load_file(ckpt / "model.safetensors"))
     for name, module in (extra or {}).items():
@@ -76,7 +88,7 @@ def save_checkpoint(work: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
         for name, module in {"model": model, **(extra or {})}.items():
             save_file({k: v.contiguous() for k, v in module.state_dict().items()}, tmp / f"{name}.safetensors")
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, "run": _run_key(cfg)}))
+        (tmp / "state.json").write_text(json.dumps({"step": step, "run": _run_key(cfg), "decay_from": _decay_from(cfg)}))
 
 
 def train_loop(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: Callable[[int], tuple], *, cfg: dict,
@@ -93,7 +105,8 @@ def train_loop(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: Call
     t0 = time.perf_counter()
     for step in range(start_step, steps):
         for group in opt.param_groups:  # a group's `lr_scale` scales the schedule for its parameters
-            group["lr"] = lr_at(step, steps, lr, warmup, cfg.get("schedule", "cosine")) * group.get("lr_scale", 1.0)
+            group["lr"] = (lr_at(step, steps, lr, warmup, cfg.get("schedule", "cosine"), cfg.get("cooldown_steps", 0))
+                           * group.get("lr_scale", 1.0))
         model.train()
         loss, logs = loss_fn(step)
         opt.zero_grad(set_to_none=True)
@@ -102,13 +115,13 @@ def train_loop(model: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: Call
         opt.step()
         if after_step:
             after_step()
-        done = step + 1
+        done, loss = step + 1, float(loss.detach())
         if done % 25 == 0:
-            log.info("step %d: loss %.4f, %.2f s/step", done, float(loss), (time.perf_counter() - t0) / (done - start_step))
+            log.info("step %d: loss %.4f, %.2f s/step", done, loss, (time.perf_counter() - t0) / (done - start_step))
         if done % every == 0 or done == steps:
             save_checkpoint(work, model, opt, done, cfg, extra)
             model.eval()
-            row = {"step": done, "loss": float(loss), **logs, "seconds_per_step": (time.perf_counter() - t0) / (done - start_step)}
+            row = {"step": done, "loss": loss, **logs, "seconds_per_step": (time.perf_counter() - t0) / (done - start_step)}
             if on_checkpoint:
                 row.update(on_checkpoint(done))
             with open(work / "log.jsonl", "a") as f:
