@@ -68,8 +68,8 @@ def load_checkpoint(work: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     if state["run"] != _run_key(cfg):
         log.info("checkpoint in %s is of another configuration (%s): starting afresh", ckpt, state["run"])
         return 0
-    decayed_from = state.get("decay_from", state["step"])
-    if state["step"] > decayed_from != _decay_from(cfg):
+    decayed_from = state.get("decay_from", state["step"])  # checkpoints from before this key had no decay
+    if state["step"] > decayed_from and decayed_from != _decay_from(cfg):
         log.info("checkpoint in %s is %d steps into a decay that started at step %d, not %d: starting afresh",
                  ckpt, state["step"] - decayed_from, decayed_from, _decay_from(cfg))
         return 0
