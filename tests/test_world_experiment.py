@@ -62,5 +62,4 @@ def test_experiment_reports_rpo_and_a_baseline_with_the_judges(tmp_path):
     assert "mean abs Delta" in text  # what the preference term did in each RPO training
     dreambooth = runs[runs["row"].str.startswith(tags[1])]
     assert len(dreambooth) == 2 and dreambooth["variant"].str.contains("train.method-dreambooth").all()  # its own training
-    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    assert again.returncode == 0 and "Running stage" not in again.stdout + again.stderr  # finished work is kept
+    # that a second run re-runs nothing is rpo ablate's (test_report.py), the engine this experiment runs on
