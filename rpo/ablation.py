@@ -141,13 +141,13 @@ def paper_plan(cfg: C.Config, subjects: list[str], tables=TABLES, baseline_metho
     rows = {build[t][0]: build[t][1](cfg) for t in tables}
     if baseline_methods:
         rows[BASELINES_TITLE] = baselines(cfg, baseline_methods)
-    main = next((r for rs in rows.values() for r in rs if r.settings() == _main_settings(cfg)), None)
+    main = next((r for rs in rows.values() for r in rs if is_main(r.settings(), C.to_dict(cfg))), None)
     return Plan(rows, list(cfg.ablate.seeds) or [cfg.seed], subjects, base=main)
 
 
-def _main_settings(cfg: C.Config) -> dict:
-    return {"train.beta": cfg.train.beta, "validate.early_stopping": cfg.validate.early_stopping,
-            "validate.lambda_val": cfg.validate.lambda_val}
+def is_main(settings: dict, params: dict) -> bool:
+    """A row is the main pipeline's own result when every setting it names has the main params' value."""
+    return all(P.get(params, k) == v for k, v in settings.items())
 
 
 # --- where a (row, seed) lives ----------------------------------------------------------------
@@ -275,22 +275,55 @@ def columns(df: pd.DataFrame) -> list[str]:
     return list(METRICS) + extra
 
 
-def summarise(df: pd.DataFrame, plan: Plan) -> dict:
+def summarise(df: pd.DataFrame, plan: Plan, params: dict | None = None) -> dict:
+    """Per table and row: mean and 95% interval of every metric; with `params` (the main pipeline's), each
+    other row of a table that holds the main row (is_main) also gets "minus_main", its paired differences."""
     cols = columns(df)
     out = {}
     for title, rows in plan.tables.items():
         out[title] = []
+        paired = minus_main(df, rows, params, cols)
         for row in rows:
             g = df[df["row"] == row.label]
             out[title].append({"row": row.label, "settings": row.settings(), "runs": len(g),
                                "selected_step": stats(g["selected_step"]),
                                **{c: stats(g[c]) for c in cols},
                                **{k: float(g[f"train_{k}"].mean()) for k in DIAGNOSTICS
-                                  if f"train_{k}" in g and g[f"train_{k}"].notna().any()}})
+                                  if f"train_{k}" in g and g[f"train_{k}"].notna().any()},
+                               **({"minus_main": paired[row.label]} if row.label in paired else {})})
     base = df[df["row"] == plan.base.label]
     out["base model"] = [{"row": "base model (no fine-tuning)", "runs": len(base),
                           **{c: stats(base[f"base_{c}"]) for c in cols if f"base_{c}" in base}}]
     return out
+
+
+def minus_main(df: pd.DataFrame, rows: list[Row], params: dict | None, cols: list[str]) -> dict[str, dict]:
+    """{row label: {metric: stats of (row - main row)}} over the (subject, seed) runs both have.
+
+    Pairing removes what a subject and a seed share (the prior images, the labels' draws, the evaluation
+    seeds), so two rows that overlap in their own intervals can still differ beyond the paired one.
+    """
+    ref = next((r for r in rows if params is not None and is_main(r.settings(), params)), None)
+    if ref is None:
+        return {}
+    key = ["subject", "seed"]
+    base = df[df["row"] == ref.label].set_index(key)
+    out = {}
+    for row in rows:
+        if row.label == ref.label:
+            continue
+        own = df[df["row"] == row.label].set_index(key)
+        both = own.index.intersection(base.index)
+        out[row.label] = {c: stats(own.loc[both, c] - base.loc[both, c]) for c in cols}
+    return out
+
+
+def signed(stat: dict) -> str:
+    """`+mean ± 95% half-width`, in bold when the interval excludes 0."""
+    if stat.get("mean") is None:
+        return "n/a"
+    text = f"{stat['mean']:+.3f} ± {stat['ci95']:.3f}"
+    return f"**{text}**" if stat["n"] > 1 and abs(stat["mean"]) > stat["ci95"] else text
 
 
 def markdown(summary: dict, df: pd.DataFrame, plan: Plan, cfg: C.Config) -> str:
@@ -299,16 +332,22 @@ def markdown(summary: dict, df: pd.DataFrame, plan: Plan, cfg: C.Config) -> str:
              f"Subjects: {', '.join(plan.subjects)}; seeds {', '.join(map(str, plan.seeds))}. Each cell: mean ± 95% "
              "interval of the mean over (subject, seed) runs (Student's t); n = runs. r_λ is the reward at the row's "
              "lambda_val. Rows marked * are the main pipeline's own result.", ""]
-    main = _main_settings(cfg)
+    params = C.to_dict(cfg)
     for title, rows in summary.items():
         lines += [f"## {title}", ""]
         header = ["row", "n", "selected step", *cols]
         out_rows = []
         for r in rows:
-            star = "*" if r.get("settings") == main else ""
+            star = "*" if "settings" in r and is_main(r["settings"], params) else ""
             out_rows.append([r["row"] + star, r["runs"], cell(r.get("selected_step"), 1, "ci95"),
                              *(cell(r.get(c), 3, "ci95") for c in cols)])
         lines += table(header, out_rows) + [""]
+        paired = [r for r in rows if "minus_main" in r]
+        if paired:
+            lines += ["Paired differences, row minus the main row (*) on the same subject and seed (n: pairs): "
+                      "mean ± 95% interval; bold where the interval excludes 0.", "",
+                      *table(["row", "n", *cols], [[r["row"], r["minus_main"][cols[0]]["n"],
+                                                   *(signed(r["minus_main"][c]) for c in cols)] for r in paired]), ""]
         if title.startswith("Table 3"):
             published = [[p.method, cell(p.dino), cell(p.clip_i), cell(p.clip_t)] for p in PUBLISHED if p.lambda_val]
             lines += ["Published (" + PUBLISHED[0].source + "; " + PUBLISHED[0].models + "):", "",
@@ -327,7 +366,7 @@ def report(root: Path, cfg: C.Config, plan: Plan, out: Path | None = None) -> Pa
     """reports/ablations.md and .json (or `out`.md / .json) over every (row, subject, seed) of the plan."""
     root = Path(root)
     df = results(root, cfg, plan)
-    summary = summarise(df, plan)
+    summary = summarise(df, plan, C.to_dict(cfg))
     out = out or root / "reports" / "ablations"
     A.write_json({"subjects": plan.subjects, "seeds": plan.seeds, "tables": summary, "runs": records(df)},
                  out.with_suffix(".json"))

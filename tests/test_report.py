@@ -154,5 +154,9 @@ def test_lambda_val_ablation_selects_every_row_from_one_training_run(benchmark):
     text = (root / "reports" / "ablations.md").read_text()
     assert "| lambda_val = 0.3* | 1 |" in text and "| lambda_val = 0.7 | 1 |" in text
     assert "| RPO, lambda_val 0.7 | 0.679 | 0.850 | 0.304 |" in text
+    paired = rows[1]["minus_main"]  # the same subject and seed as the main row
+    assert paired["reward"]["n"] == 1 and "minus_main" not in rows[0]
+    assert paired["dino"]["mean"] == pytest.approx(own["dino"] - _metrics(root)["dog"]["dino"])
+    assert "Paired differences, row minus the main row" in text
     again = rpo(root, "ablate", "dog", "--tables", "3")
     assert "Running stage" not in again.stdout + again.stderr

@@ -13,6 +13,8 @@ import pandas as pd
 import pytest
 
 from conftest import REPO
+from rpo import ablation, presets
+from rpo import params as P
 from rpo_world.experiment import METHODS, TITLE, rows
 
 
@@ -34,6 +36,13 @@ def test_every_method_is_one_training_run_with_and_without_early_stopping():
                          (("train.beta", 0.1), ("train.method", "rpo")), (("train.method", "dreambooth"),),
                          (("train.method", "textual_inversion"),), (("train.method", "custom_diffusion"),)]
     assert all([x.early_stopping for x in r if x.training == t] == [False, True] for t in trainings)
+
+
+def test_the_world_presets_row_is_the_main_one_the_others_are_paired_with():
+    params = P.apply_overrides(P.read(REPO / "params.yaml"), presets.load("world"))
+    r = rows([0.3, 0.5], [1.0, 0.1], list(METHODS))
+    assert [x.label for x in r if ablation.is_main(x.settings(), params)] == \
+        ["RPO beta=0.1, early stopping lambda_val=0.3"]  # train.beta 0.1, early stopping, lambda_val 0.3, rpo
 
 
 RUN = ("rpo", "dreambooth")
