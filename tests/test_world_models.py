@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +20,7 @@ from rpo_world.data import batch
 from rpo_world.judges import HEADS, Judges, accuracy
 from rpo_world.weights import NAMES
 from rpo_world.weights import path as model_path
-from rpo_world.probe import prompt_following
+from rpo_world.probe import probe_scenes, prompt_following
 
 MB = 2**20
 
@@ -97,6 +101,26 @@ def test_base_model_draws_what_prompts_say(pipe, judges):
     """Judged samples of full-caption prompts: context, colour, shape, noun as asked; pattern mostly."""
     acc = prompt_following(pipe, judges, n=128, seed=11, steps=20)
     assert all(acc[k] >= floor for k, floor in FLOORS.items()), acc
+
+
+def test_a_context_probe_asks_for_the_same_scenes_set_in_that_context():
+    own, jungle = probe_scenes(16, 11), probe_scenes(16, 11, "jungle")
+    assert len({s.context for s in own}) > 1 and {s.context for s in jungle} == {"jungle"}
+    assert [(s.shape, s.colour, s.pattern, s.noun, s.mark) for s in own] == \
+        [(s.shape, s.colour, s.pattern, s.noun, s.mark) for s in jungle]  # only the context differs
+
+
+def test_probe_writes_one_row_per_context_and_names_an_unknown_one(tmp_path):
+    cmd = [sys.executable, "-m", "rpo_world.cli", "probe", "--n", "4", "--seeds", "11", "--steps", "2"]
+    out = tmp_path / "probe.json"
+    proc = subprocess.run([*cmd, "--contexts", "jungle", "snow", "--json", str(out)], cwd=REPO, capture_output=True,
+                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [r["fixed_context"] for r in rows] == ["jungle", "snow"] and all(r["prompts"] == 4 for r in rows)
+    assert all(0 <= r[a] <= 1 for r in rows for a in ("shape", "colour", "pattern", "noun", "context"))
+    bad = subprocess.run([*cmd, "--contexts", "junglee"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "invalid choice: 'junglee'" in bad.stderr
 
 
 def test_the_pipeline_text_encoder_tells_shapes_apart_with_the_clip_vocabulary(pipe):

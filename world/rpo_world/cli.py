@@ -3,6 +3,7 @@
 examples:
   cd world && uv run dvc repro        rebuild every model (each stage is `rpo-world build STAGE`)
   rpo-world probe --json probe.json   how often the base model draws what prompts ask, per attribute
+  rpo-world probe --contexts all      the same, one row per context (which backgrounds are hard to draw on)
   rpo-world experiment --quick        RPO against its ablations and the baselines on the world's subjects, in minutes
 """
 
@@ -33,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[11, 12, 21, 22], help="sampling seeds")
     p.add_argument("--guidance", nargs="+", type=float, help="guidance scales (default: the world preset's)")
     p.add_argument("--steps", type=int, default=20, help="DDIM steps (default 20)")
+    from rpo_world.grammar import CONTEXTS
+
+    p.add_argument("--contexts", nargs="+", metavar="CONTEXT", choices=["all", *sorted(CONTEXTS)],
+                   help="one row per context: the same scenes set in each (all: every context of the world)")
     p.add_argument("--json", type=Path, help="also write the accuracies to this file")
 
     from rpo_world import experiment
@@ -54,9 +59,9 @@ def main(argv: list[str] | None = None) -> int:
 
         run(args.stage, args.world.resolve())  # what `python -m rpo_world.build STAGE` (world/dvc.yaml) runs
     elif args.command == "probe":
-        from rpo_world.probe import probe, world_guidance
+        from rpo_world.probe import probe, probe_contexts, world_guidance
 
-        rows = probe(args.n, args.seeds, args.guidance or [world_guidance()], args.steps)
+        rows = probe(args.n, args.seeds, args.guidance or [world_guidance()], args.steps, probe_contexts(args.contexts))
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2) + "\n")
     else:

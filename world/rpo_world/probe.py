@@ -36,16 +36,32 @@ def sample(pipe, prompts: list[str], seed: int, steps: int = 20, guidance: float
     return (out.images * 255 + 0.5).clip(0, 255).astype(np.uint8)
 
 
-def prompt_following(pipe, judges, n: int = 64, seed: int = 0, steps: int = 20, guidance: float | None = None) -> dict:
-    """Judge accuracy per attribute on n samples of full-caption prompts."""
+def probe_scenes(n: int, seed: int, context: str | None = None) -> list:
+    """The n scenes a probe prompts for: random, no style; with `context`, the same scenes set in that context."""
     scenes = [replace(random_scene(np.random.default_rng([seed, i]), "diffusion"), style=None) for i in range(n)]
+    return [replace(s, context=context) for s in scenes] if context else scenes
+
+
+def prompt_following(pipe, judges, n: int = 64, seed: int = 0, steps: int = 20, guidance: float | None = None,
+                     context: str | None = None) -> dict:
+    """Judge accuracy per attribute on n samples of full-caption prompts (all in `context` when given)."""
+    scenes = probe_scenes(n, seed, context)
     images = sample(pipe, [caption(s) for s in scenes], seed, steps, guidance)
     pred = judges.predict(images)
     return {f"sample_{a}": float(np.mean([p == getattr(s, a) for p, s in zip(pred[a], scenes)])) for a in ATTRIBUTES}
 
 
-def probe(n: int, seeds: list[int], guidances: list[float], steps: int) -> list[dict]:
-    """The committed base model's prompt following, per guidance: the mean accuracy of each attribute over seeds."""
+def probe_contexts(names: list[str] | None) -> list[str] | None:
+    """`--contexts`: None (the scenes' own contexts), the names given, or every context for "all"."""
+    from rpo_world.grammar import CONTEXTS
+
+    return sorted(CONTEXTS) if names and "all" in names else names
+
+
+def probe(n: int, seeds: list[int], guidances: list[float], steps: int,
+          contexts: list[str] | None = None) -> list[dict]:
+    """The committed base model's prompt following, per guidance (and per context, each of `contexts` in turn
+    replacing the scenes' own): the mean accuracy of each attribute over seeds."""
     from rpo.generate import load_pipeline
     from rpo_world.judges import Judges
     from rpo_world.weights import path
@@ -53,10 +69,11 @@ def probe(n: int, seeds: list[int], guidances: list[float], steps: int) -> list[
     pipe, judges = load_pipeline("world", torch.device("cpu")), Judges.from_pretrained(path("world-judges"))
     out = []
     for guidance in guidances:
-        runs = [prompt_following(pipe, judges, n, seed, steps, guidance) for seed in seeds]
-        row = {"guidance": guidance, "prompts": n * len(seeds), "steps": steps,
-               **{k.removeprefix("sample_"): float(np.mean([r[k] for r in runs])) for k in runs[0]}}
-        print(f"guidance {guidance:g}, {n} x {len(seeds)} prompts: "
-              + ", ".join(f"{a} {row[a]:.3f}" for a in ATTRIBUTES), flush=True)
-        out.append(row)
+        for context in contexts or [None]:
+            runs = [prompt_following(pipe, judges, n, seed, steps, guidance, context) for seed in seeds]
+            row = {"guidance": guidance, **({"fixed_context": context} if context else {}), "prompts": n * len(seeds),
+                   "steps": steps, **{k.removeprefix("sample_"): float(np.mean([r[k] for r in runs])) for k in runs[0]}}
+            print(f"guidance {guidance:g}{f', {context}' if context else ''}, {n} x {len(seeds)} prompts: "
+                  + ", ".join(f"{a} {row[a]:.3f}" for a in ATTRIBUTES), flush=True)
+            out.append(row)
     return out
