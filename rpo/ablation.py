@@ -87,8 +87,7 @@ class Plan:
 
 def overrides(cfg: C.Config, row: Row, seed: int, plan: Plan) -> dict:
     """The params a (row, seed) changes, without those equal to the main ones (so shared stages stay shared)."""
-    main = C.to_dict(cfg)
-    out = {k: v for k, v in {**row.settings(), "seed": seed}.items() if P.get(main, k) != v}
+    out = changed({**row.settings(), "seed": seed}, C.to_dict(cfg))
     if row.settings() != plan.base.settings() and cfg.evaluate.base_images:
         out["evaluate.base_images"] = False  # the base model's images do not depend on the row: drawn once
     return out
@@ -145,9 +144,14 @@ def paper_plan(cfg: C.Config, subjects: list[str], tables=TABLES, baseline_metho
     return Plan(rows, list(cfg.ablate.seeds) or [cfg.seed], subjects, base=main)
 
 
+def changed(settings: dict, params: dict) -> dict:
+    """The settings whose value differs from the main params'."""
+    return {k: v for k, v in settings.items() if P.get(params, k) != v}
+
+
 def is_main(settings: dict, params: dict) -> bool:
     """A row is the main pipeline's own result when every setting it names has the main params' value."""
-    return all(P.get(params, k) == v for k, v in settings.items())
+    return not changed(settings, params)
 
 
 # --- where a (row, seed) lives ----------------------------------------------------------------
