@@ -17,6 +17,7 @@ from rpo.encoders import HFDualEncoder, HFImageEncoder
 from rpo.registry import model_path as resolve
 from rpo.generate import load_pipeline
 from rpo_world.data import batch
+from rpo_world.grammar import CONTEXTS, SHAPES
 from rpo_world.judges import HEADS, Judges, accuracy
 from rpo_world.weights import NAMES
 from rpo_world.weights import path as model_path
@@ -121,6 +122,21 @@ def test_probe_writes_one_row_per_context_and_names_an_unknown_one(tmp_path):
     assert all(0 <= r[a] <= 1 for r in rows for a in ("shape", "colour", "pattern", "noun", "context"))
     bad = subprocess.run([*cmd, "--contexts", "junglee"], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and "invalid choice: 'junglee'" in bad.stderr
+
+
+def test_draws_counts_what_the_judges_read_per_prompt_and_refuses_a_folder_that_is_no_pipeline(tmp_path):
+    cmd = [sys.executable, "-m", "rpo_world.cli", "draws", "a pet in the jungle", "a red toy", "--n", "3", "--steps", "2"]
+    out = tmp_path / "draws.json"
+    proc = subprocess.run([*cmd, "--json", str(out)], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert [r["prompt"] for r in rows] == ["a pet in the jungle", "a red toy"]
+    for row in rows:  # every sample counted once per attribute, the values the judges know
+        assert all(sum(row[a].values()) == 3 for a in ("shape", "colour", "pattern", "noun", "context", "mark"))
+        assert set(row["shape"]) <= set(SHAPES) and set(row["context"]) <= set(CONTEXTS)
+    bad = subprocess.run([*cmd, "--model", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and f"--model {tmp_path}: not a pipeline folder" in bad.stderr
 
 
 def test_the_pipeline_text_encoder_tells_shapes_apart_with_the_clip_vocabulary(pipe):

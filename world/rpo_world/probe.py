@@ -2,11 +2,13 @@
 
 Prompts are full captions (colour, pattern, shape, noun, context) of random scenes the
 diffusion model may have seen; the judges read each sample back, and the accuracy per
-attribute is the fraction of samples showing what was asked.
+attribute is the fraction of samples showing what was asked. `drawn` counts what a model
+draws for any prompt, where there is no one right answer to score against.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import replace
 
 import numpy as np
@@ -49,6 +51,31 @@ def prompt_following(pipe, judges, n: int = 64, seed: int = 0, steps: int = 20, 
     images = sample(pipe, [caption(s) for s in scenes], seed, steps, guidance)
     pred = judges.predict(images)
     return {f"sample_{a}": float(np.mean([p == getattr(s, a) for p, s in zip(pred[a], scenes)])) for a in ATTRIBUTES}
+
+
+def drawn(pipe, judges, prompt: str, n: int, seed: int, steps: int = 20, guidance: float | None = None) -> dict:
+    """What a model draws for one prompt: per attribute the judges read, how many of n samples show each value
+    (most first). For prompts that leave attributes unsaid, or name a subject by its token, where accuracy has no
+    ground truth."""
+    pred = judges.predict(sample(pipe, [prompt] * n, seed, steps, guidance))
+    return {attr: dict(Counter(values).most_common()) for attr, values in pred.items()}
+
+
+def draws(model: str, prompts: list[str], n: int, seed: int, steps: int, guidance: float | None) -> list[dict]:
+    """`rpo-world draws`: `drawn` for each prompt, with `model` a world pipeline by name or folder."""
+    from rpo.generate import load_pipeline
+    from rpo_world.judges import Judges
+    from rpo_world.weights import path
+
+    pipe, judges = load_pipeline(model, torch.device("cpu")), Judges.from_pretrained(path("world-judges"))
+    rows = []
+    for prompt in prompts:
+        counts = drawn(pipe, judges, prompt, n, seed, steps, guidance)
+        print(f"{prompt!r}, {n} samples: " + "; ".join(
+            f"{a} " + ", ".join(f"{v} {c}" for v, c in counts[a].items()) for a in (*ATTRIBUTES, "mark")), flush=True)
+        rows.append({"prompt": prompt, "samples": n, "seed": seed, "steps": steps,
+                     "guidance": world_guidance() if guidance is None else guidance, **counts})
+    return rows
 
 
 def probe_contexts(names: list[str] | None) -> list[str] | None:
