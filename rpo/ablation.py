@@ -279,9 +279,9 @@ def columns(df: pd.DataFrame) -> list[str]:
     return list(METRICS) + extra
 
 
-def summarise(df: pd.DataFrame, plan: Plan, params: dict | None = None) -> dict:
-    """Per table and row: mean and 95% interval of every metric; with `params` (the main pipeline's), each
-    other row of a table that holds the main row (is_main) also gets "minus_main", its paired differences."""
+def summarise(df: pd.DataFrame, plan: Plan, params: dict) -> dict:
+    """Per table and row: mean and 95% interval of every metric; in a table that holds the main row (is_main of
+    `params`, the main pipeline's), each other row also gets "minus_main", its paired differences."""
     cols = columns(df)
     out = {}
     for title, rows in plan.tables.items():
@@ -301,13 +301,13 @@ def summarise(df: pd.DataFrame, plan: Plan, params: dict | None = None) -> dict:
     return out
 
 
-def minus_main(df: pd.DataFrame, rows: list[Row], params: dict | None, cols: list[str]) -> dict[str, dict]:
+def minus_main(df: pd.DataFrame, rows: list[Row], params: dict, cols: list[str]) -> dict[str, dict]:
     """{row label: {metric: stats of (row - main row)}} over the (subject, seed) runs both have.
 
     Pairing removes what a subject and a seed share (the prior images, the labels' draws, the evaluation
     seeds), so two rows that overlap in their own intervals can still differ beyond the paired one.
     """
-    ref = next((r for r in rows if params is not None and is_main(r.settings(), params)), None)
+    ref = next((r for r in rows if is_main(r.settings(), params)), None)
     if ref is None:
         return {}
     key = ["subject", "seed"]

@@ -63,19 +63,24 @@ def drawn(pipe, judges, prompt: str, n: int, seed: int, steps: int = 20, guidanc
 
 def draws(model: str, prompts: list[str], n: int, seed: int, steps: int, guidance: float | None) -> list[dict]:
     """`rpo-world draws`: `drawn` for each prompt, with `model` a world pipeline by name or folder."""
-    from rpo.generate import load_pipeline
-    from rpo_world.judges import Judges
-    from rpo_world.weights import path
-
-    pipe, judges = load_pipeline(model, torch.device("cpu")), Judges.from_pretrained(path("world-judges"))
+    pipe, judges = model_and_judges(model)
+    guidance = world_guidance() if guidance is None else guidance
     rows = []
     for prompt in prompts:
         counts = drawn(pipe, judges, prompt, n, seed, steps, guidance)
         print(f"{prompt!r}, {n} samples: " + "; ".join(
             f"{a} " + ", ".join(f"{v} {c}" for v, c in counts[a].items()) for a in (*ATTRIBUTES, "mark")), flush=True)
-        rows.append({"prompt": prompt, "samples": n, "seed": seed, "steps": steps,
-                     "guidance": world_guidance() if guidance is None else guidance, **counts})
+        rows.append({"prompt": prompt, "samples": n, "seed": seed, "steps": steps, "guidance": guidance, **counts})
     return rows
+
+
+def model_and_judges(model: str = "world"):
+    """A world pipeline (by name or folder) on the CPU, and the world's judges."""
+    from rpo.generate import load_pipeline
+    from rpo_world.judges import Judges
+    from rpo_world.weights import path
+
+    return load_pipeline(model, torch.device("cpu")), Judges.from_pretrained(path("world-judges"))
 
 
 def probe_contexts(names: list[str] | None) -> list[str] | None:
@@ -89,11 +94,7 @@ def probe(n: int, seeds: list[int], guidances: list[float], steps: int,
           contexts: list[str] | None = None) -> list[dict]:
     """The committed base model's prompt following, per guidance (and per context, each of `contexts` in turn
     replacing the scenes' own): the mean accuracy of each attribute over seeds."""
-    from rpo.generate import load_pipeline
-    from rpo_world.judges import Judges
-    from rpo_world.weights import path
-
-    pipe, judges = load_pipeline("world", torch.device("cpu")), Judges.from_pretrained(path("world-judges"))
+    pipe, judges = model_and_judges()
     out = []
     for guidance in guidances:
         for context in contexts or [None]:
